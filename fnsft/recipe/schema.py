@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 CURRENT_VERSION = 1
 
@@ -131,9 +131,23 @@ class OutputSection(Section):
 class MaskSection(Section):
     """Training-time ICA functional-network mask (see `fnsft mask`)."""
 
-    path: str = Field(description="Mask file written by `fnsft mask build`.")
-    mode: Literal["lesion", "preserve"] = "lesion"
-    components: list[int] = Field(default_factory=lambda: [0])
+    path: str = Field(
+        validation_alias=AliasChoices("path", "file"), description="Mask file written by `fnsft mask build` (alias: file)."
+    )
+    mode: Literal["lesion", "preserve"] = Field(
+        "lesion", description="lesion: zero the selected neurons; preserve: zero all others. Aliases: key, complement."
+    )
+    components: list[int] | Literal["all"] = Field(default_factory=lambda: [0], description="Component ids, or all.")
+    layers: str | None = Field(None, description="Layers to mask ('all', '0-3,8', '-4--1'); default: the mask's layers.")
+    freeze_masked_rows: bool = Field(
+        True, description="Keep the masked channels' down-projection rows unchanged (base weight or LoRA B)."
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _legacy_mode(cls, value: Any) -> Any:
+        # The predecessor's names: key = lesion, complement = preserve.
+        return {"key": "lesion", "complement": "preserve"}.get(value, value)
 
 
 class DistributedSection(Section):
