@@ -1,0 +1,38 @@
+# fnsft tasks. `just --list` shows them; every recipe is a one-liner you can also paste into a shell.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The image tag, from the lock: fnsft:<version>-cu<cuda>-torch<torch> (docker/tags.sh)
+image := "fnsft:" + `docker/tags.sh`
+
+# List these recipes (plain `just` does this, so it never installs anything by surprise)
+default:
+    @{{just_executable()}} --list --unsorted
+
+# Install into .venv, then fine-tune SmolLM2-135M on bundled chat data (CPU is enough)
+quickstart:
+    scripts/install.sh && .venv/bin/fnsft train recipes/quickstart.yaml
+
+# Install into .venv, then run the fast test suite (the README's and CI's test command)
+test:
+    scripts/install.sh && .venv/bin/python -m pytest
+
+# Run only the slow tests (real 135M model, fresh-venv install, long fuzzing)
+test-slow:
+    .venv/bin/python -m pytest -m slow
+
+# Lint Python (ruff), the Dockerfile (hadolint) and the GitHub workflows (actionlint)
+lint:
+    .venv/bin/ruff check . && .venv/bin/hadolint docker/Dockerfile && .venv/bin/actionlint
+
+# Run every benchmark in bench/ (each writes JSON + PNG into bench/results/)
+bench:
+    shopt -s nullglob; for script in bench/*.py; do echo "== $script"; .venv/bin/python "$script"; done
+
+# Build the CUDA image, tagged from the lock (needs a Docker engine)
+docker-build:
+    docker build -f docker/Dockerfile $(docker/tags.sh --build-args) -t {{image}} .
+
+# Run fnsft in the image as you, with ./runs and the HF cache mounted: just docker-run train recipes/full-7b.yaml
+docker-run *args:
+    mkdir -p runs && docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" -e HF_TOKEN -v "$PWD/runs:/workspace/runs" -v fnsft-cache:/cache {{image}} {{args}}
