@@ -1,8 +1,147 @@
-"""`fnsft migrate-config` (issue "migrate-config"): not built yet."""
+"""`fnsft migrate-config`: the guide's PEFT ⇄ full "Migration Guide" as a command, and recipe schema upgrades.
 
-from fnsft.errors import NotYetSupported
+Thin: the rules live in :mod:`fnsft.recipe.migrate` and :mod:`fnsft.recipe.versions`; this module parses options,
+decides where the result goes, writes it atomically and prints a summary table (or a unified diff).
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
 
 
-def migrate_config() -> None:
-    """Convert a recipe between PEFT and full fine-tuning (not built yet)."""
-    raise NotYetSupported("fnsft migrate-config is not built yet (tracked in the 'migrate-config' issue)")
+class MigrateTarget(StrEnum):
+    full = "full"
+    peft = "peft"
+    qlora = "qlora"
+
+
+def migrate_config(
+    recipe: Path = typer.Argument(..., help="Recipe YAML to migrate (any supported schema version)."),
+    to: MigrateTarget | None = typer.Option(None, "--to", help="full, peft (LoRA) or qlora.", case_sensitive=False),
+    upgrade: bool = typer.Option(False, "--upgrade", help="Upgrade an older schema version (e.g. the predecessor's "
+                                 "flat flag YAML) to the current one, changing nothing else."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Where to write (default: next to RECIPE, "
+                                       "NAME-full.yaml, NAME-peft.yaml, NAME-qlora.yaml or NAME-v1.yaml)."),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="Per-GPU memory budget, e.g. 80GiB: pick the "
+                                          "largest per-device batch that fits (needs the estimator)."),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU model whose memory is the budget, e.g. A100-80GB."),
+    num_gpus: int | None = typer.Option(None, "--num-gpus", help="Total GPUs; the effective batch stays the same."),
+    diff: bool = typer.Option(False, "--diff", help="Print a unified diff instead of writing a file."),
+    in_place: bool = typer.Option(False, "--in-place", help="Overwrite RECIPE itself (atomically)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+) -> None:
+    """Convert a recipe between PEFT (LoRA/QLoRA) and full fine-tuning, or upgrade its schema version.
+
+    Every changed line gets a comment saying what it was and why; your own comments and key order are kept.
+    """
+    from fnsft.errors import NotYetSupported, RecipeError
+    from fnsft.recipe import migrate as rules
+
+    if to is None and not upgrade:
+        raise RecipeError("say what to do: --to full|peft|qlora, or --upgrade (see `fnsft migrate-config --help`)")
+    if to is None and (num_gpus is not None or gpu_memory or gpu):
+        raise RecipeError("--num-gpus, --gpu-memory and --gpu need --to (they size a migrated recipe)")
+    if in_place and output is not None:
+        raise RecipeError("--in-place writes RECIPE itself; drop -o/--output, or drop --in-place")
+    if diff and (in_place or output is not None):
+        raise RecipeError("--diff only prints; drop -o/--output and --in-place")
+    if gpu_memory and gpu:
+        raise RecipeError("give --gpu-memory or --gpu, not both")
+    if gpu_memory or gpu:
+        raise NotYetSupported(
+            "--gpu-memory/--gpu need the memory estimator (issue 'estimate'), which is not available yet; "
+            "migrate without them and check the result with `fnsft estimate` when it lands"
+        )
+
+    command = _command_line(recipe, to, upgrade, num_gpus)
+    try:
+        if to is not None:
+            result = rules.migrate_file(recipe, to.value, command=command, num_gpus=num_gpus)
+        else:
+            result = rules.upgrade_file(recipe, command=command)
+    except rules.AlreadyMigrated as exc:
+        _say_nothing_to_do(f"{recipe}: {exc}")
+        return
+    if to is None and result.upgrade is None:
+        _say_nothing_to_do(f"{recipe}: already at the current recipe version; nothing to upgrade")
+        return
+
+    if diff:
+        _print_diff(recipe, result.original_text, result.text)
+        return
+    target = recipe if in_place else output or rules.default_output_path(recipe, to.value if to else "v1")
+    _write(recipe, target, result.text, in_place=in_place, force=force)
+    _print_summary(result)
+    from fnsft.console import err, out
+
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    out.print(f"wrote [bold]{target}[/]", highlight=False)
+
+
+def _command_line(recipe: Path, to: MigrateTarget | None, upgrade: bool, num_gpus: int | None) -> str:
+    """The command, as a user would retype it (written into the output's header comment)."""
+    words = ["fnsft", "migrate-config", str(recipe)]
+    words += ["--to", to.value] if to else []
+    words += ["--upgrade"] if upgrade and not to else []
+    words += ["--num-gpus", str(num_gpus)] if num_gpus is not None else []
+    return shlex.join(words)
+
+
+def _say_nothing_to_do(message: str) -> None:
+    from fnsft.console import out
+
+    out.print(f"{message} (no file written)", highlight=False)
+
+
+def _write(source: Path, target: Path, text: str, *, in_place: bool, force: bool) -> None:
+    from fnsft.atomic import atomic_write_text
+    from fnsft.errors import RecipeError
+
+    if not in_place and target.resolve() == source.resolve():
+        raise RecipeError(f"{target} is the input recipe; use --in-place to overwrite it")
+    if not in_place and target.exists() and not force:
+        raise RecipeError(f"{target} already exists; use --force to overwrite it, or -o to write elsewhere")
+    if target.exists() and not target.is_file():
+        raise RecipeError(f"{target} is not a file")
+    atomic_write_text(target, text)
+
+
+def _print_diff(recipe: Path, before: str, after: str) -> None:
+    from fnsft.console import out
+
+    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                 fromfile=str(recipe), tofile=f"{recipe} (migrated)")
+    out.print("".join(lines), end="", highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_summary(result: Any) -> None:
+    from rich.table import Table
+
+    from fnsft.console import out
+    from fnsft.recipe.migrate import format_value
+
+    if result.upgrade is not None:
+        table = Table(title=f"recipe version {result.upgrade.from_version} → {result.upgrade.to_version}",
+                      title_justify="left")
+        for column in ("old key", "status", "now", "note"):
+            table.add_column(column, overflow="fold")
+        for change in result.upgrade.changes:
+            style = "yellow" if change in result.upgrade.unmapped else None
+            table.add_row(change.old, change.status.value, ", ".join(change.new) or "-", change.note, style=style)
+        out.print(table)
+    if result.changes:
+        table = Table(title="changes", title_justify="left")
+        for column in ("key", "was", "now", "why"):
+            table.add_column(column, overflow="fold")
+        for change in result.changes:
+            now = "(removed)" if change.action == "remove" else format_value(change.new)
+            was = format_value(change.old) + (" (default)" if change.was_default else "")
+            table.add_row(change.path, was, now, change.reason)
+        out.print(table)

@@ -1,0 +1,126 @@
+"""migrate-config on real files: golden outputs, comments and key order kept, every changed line commented.
+
+Golden files live in tests/recipe/golden/expected/. After a deliberate rule change, regenerate them with
+``FNSFT_UPDATE_GOLDEN=1 python -m pytest tests/recipe/test_migrate_yaml.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from fnsft.errors import RecipeError
+from fnsft.recipe.load import load_recipe, validate
+from fnsft.recipe.migrate import AlreadyMigrated, effective_batch, migrate_file, upgrade_file
+
+GOLDEN = Path(__file__).parent / "golden"
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+V1_SOURCES = sorted((GOLDEN / "v1").glob("*.yaml"))
+V0_SOURCES = sorted((GOLDEN / "v0").glob("*.yaml"))
+TARGETS = ("full", "peft", "qlora")
+
+
+def _check_golden(name: str, text: str) -> None:
+    expected = GOLDEN / "expected" / name
+    if os.environ.get("FNSFT_UPDATE_GOLDEN"):
+        expected.write_text(text, encoding="utf-8")
+    assert expected.is_file(), f"missing golden {expected}; run with FNSFT_UPDATE_GOLDEN=1 and review it"
+    assert text == expected.read_text(encoding="utf-8")
+
+
+def _migrate_or_skip(path: Path, to: str):
+    try:
+        return migrate_file(path, to, command=f"fnsft migrate-config {path.name} --to {to}")
+    except AlreadyMigrated:
+        return None
+
+
+@pytest.mark.parametrize("source", V1_SOURCES + V0_SOURCES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("to", TARGETS)
+def test_golden_migrations(source, to, monkeypatch):
+    monkeypatch.chdir(source.parent)  # the header names the source as given: keep it relative and stable
+    result = _migrate_or_skip(Path(source.name), to)
+    if result is None:
+        assert load_recipe(source.name).method.name == {"peft": "lora"}.get(to, to)
+        return
+    _check_golden(f"{source.parent.name}-{source.stem}-to-{to}.yaml", result.text)
+
+
+@pytest.mark.parametrize("source", V0_SOURCES, ids=lambda p: p.stem)
+def test_golden_upgrades(source, monkeypatch):
+    monkeypatch.chdir(source.parent)
+    result = upgrade_file(Path(source.name), command=f"fnsft migrate-config {source.name} --upgrade")
+    assert result.upgrade is not None and result.upgrade.from_version == 0
+    _check_golden(f"v0-{source.stem}-upgrade.yaml", result.text)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_migrates_both_ways(recipe):
+    original = load_recipe(recipe)
+    for to in TARGETS:
+        result = _migrate_or_skip(recipe, to)
+        if result is None:
+            continue
+        reread = validate(YAML(typ="rt").load(result.text), f"{recipe} → {to}")
+        assert reread == result.recipe
+        assert effective_batch(reread) == effective_batch(original)
+
+
+def test_comments_and_key_order_are_kept(tmp_path):
+    source = GOLDEN / "v1" / "peft-7b.yaml"
+    result = migrate_file(source, "full", command="fnsft migrate-config peft-7b.yaml --to full")
+    user_comments = [c for c in re.findall(r"#\s*([^#\n]+?)\s*$", source.read_text(), re.M)]
+    removed_with_sections = {"attention only", "4-bit base for memory efficiency"}  # lora/quantization are dropped
+    for comment in set(user_comments) - removed_with_sections:
+        assert comment in result.text, comment
+    keys = [line.split(":")[0].strip() for line in result.text.splitlines() if re.match(r"^\s*[a-z_]+:", line)]
+    original = [line.split(":")[0].strip() for line in source.read_text().splitlines() if re.match(r"^\s*[a-z_]+:", line)]
+    kept = [k for k in keys if k in original]
+    assert kept == [k for k in original if k in kept]  # the user's keys keep their order
+    assert result.text.index("# where the run goes") < result.text.index("output:")
+
+
+def test_every_changed_line_is_commented_and_the_header_names_source_and_command():
+    result = migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="fnsft migrate-config peft-7b.yaml --to full")
+    lines = result.text.splitlines()
+    assert lines[0].startswith("# fnsft migrate-config: lora → full from ") and "peft-7b.yaml" in lines[0]
+    assert "made by `fnsft migrate-config peft-7b.yaml --to full`" in lines[1]
+    for change in result.changes:
+        leaf = change.path.split(".")[-1]
+        if change.action == "remove":
+            assert f"removed {leaf}:" in result.text
+            continue
+        line = next(line for line in lines if line.strip().startswith(f"{leaf}:"))
+        assert change.comment() in line, line
+    lr_line = next(line for line in lines if "learning_rate:" in line)
+    assert re.search(r"learning_rate: 2\.0e-5 +# was 2\.0e-4; full fine-tuning: lr ÷10 \(guide", lr_line)
+    assert lr_line.endswith("# guide: 1e-4..5e-4 for PEFT")  # the user's own comment stays after ours
+
+
+def test_migrating_twice_replaces_the_notes_instead_of_piling_them_up(tmp_path):
+    once = tmp_path / "full.yaml"
+    once.write_text(migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="c1").text)
+    back = migrate_file(once, "peft", command="c2").text
+    assert back.count("fnsft migrate-config:") == 2  # a fresh header, not the first run's too
+    assert "c1" not in back
+    assert back.count("# was ") == sum(1 for line in back.splitlines() if "# was " in line)  # one note per line
+    assert "full fine-tuning" not in back.replace("back from full", "")
+
+
+def test_upgrade_of_a_current_file_reports_nothing_to_do():
+    assert upgrade_file(GOLDEN / "v1" / "full-1b.yaml", command="c").upgrade is None
+
+
+def test_invalid_recipe_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nmodel:\n  name_or_path: m\ndata:\n  path: d\ntraining:\n  learning_rate: -1\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:7: training\.learning_rate"):
+        migrate_file(bad, "full", command="c")
+    unknown = tmp_path / "future.yaml"
+    unknown.write_text("version: 7\nmodel:\n  name_or_path: m\n")
+    with pytest.raises(RecipeError, match=r"future\.yaml:1: recipe version 7 is not supported"):
+        migrate_file(unknown, "full", command="c")
