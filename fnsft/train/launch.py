@@ -97,7 +97,7 @@ def check_launch(recipe: Recipe, nproc: int | None, facts: LaunchFacts) -> None:
 
     Raises:
         TrainError: too many processes for the GPUs, a sharded strategy without GPUs, ZeRO without DeepSpeed,
-            or an offload setting the strategy cannot honour.
+            an offload setting the strategy cannot honour, or an offload next to the user's own accelerate config.
     """
     dist = recipe.distributed
     per_node = processes_per_node(recipe, nproc)
