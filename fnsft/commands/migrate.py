@@ -40,7 +40,7 @@ def migrate_config(
 
     Every changed line gets a comment saying what it was and why; your own comments and key order are kept.
     """
-    from fnsft.errors import NotYetSupported, RecipeError
+    from fnsft.errors import RecipeError
     from fnsft.recipe import migrate as rules
 
     if to is None and not upgrade:
@@ -53,16 +53,11 @@ def migrate_config(
         raise RecipeError("--diff only prints; drop -o/--output and --in-place")
     if gpu_memory and gpu:
         raise RecipeError("give --gpu-memory or --gpu, not both")
-    if gpu_memory or gpu:
-        raise NotYetSupported(
-            "--gpu-memory/--gpu need the memory estimator (issue 'estimate'), which is not available yet; "
-            "migrate without them and check the result with `fnsft estimate` when it lands"
-        )
-
-    command = _command_line(recipe, to, upgrade, num_gpus)
+    budget = _gpu_budget(gpu_memory, gpu)
+    command = _command_line(recipe, to, upgrade, num_gpus, gpu_memory, gpu)
     try:
         if to is not None:
-            result = rules.migrate_file(recipe, to.value, command=command, num_gpus=num_gpus)
+            result = rules.migrate_file(recipe, to.value, command=command, num_gpus=num_gpus, gpu_budget=budget)
         else:
             result = rules.upgrade_file(recipe, command=command)
     except rules.AlreadyMigrated as exc:
@@ -82,15 +77,31 @@ def migrate_config(
 
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if result.peak_bytes is not None:
+        out.print(f"estimated peak {result.peak_bytes / rules.GiB:.1f} GiB per GPU (budget {budget[0] / rules.GiB:.1f} GiB, "
+                  f"{budget[1]})", highlight=False)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
 
 
-def _command_line(recipe: Path, to: MigrateTarget | None, upgrade: bool, num_gpus: int | None) -> str:
+def _gpu_budget(gpu_memory: str | None, gpu: str | None) -> tuple[int, str] | None:
+    """(bytes per GPU, the words the user gave) from --gpu-memory or --gpu, via the estimator's tables."""
+    if not (gpu_memory or gpu):
+        return None
+    from fnsft.estimate import gpu_memory as memory_of_gpu
+    from fnsft.estimate import parse_memory
+
+    return (parse_memory(gpu_memory), gpu_memory) if gpu_memory else (memory_of_gpu(gpu), gpu)
+
+
+def _command_line(recipe: Path, to: MigrateTarget | None, upgrade: bool, num_gpus: int | None,
+                  gpu_memory: str | None, gpu: str | None) -> str:
     """The command, as a user would retype it (written into the output's header comment)."""
     words = ["fnsft", "migrate-config", str(recipe)]
     words += ["--to", to.value] if to else []
     words += ["--upgrade"] if upgrade and not to else []
     words += ["--num-gpus", str(num_gpus)] if num_gpus is not None else []
+    words += ["--gpu-memory", gpu_memory] if gpu_memory else []
+    words += ["--gpu", gpu] if gpu else []
     return shlex.join(words)
 
 
