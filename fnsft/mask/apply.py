@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,8 +225,36 @@ class TrainingMasks:
             self.freezer.remove()
 
 
-def attach_training_masks(model, mask_section, model_identity: dict[str, Any] | None = None) -> TrainingMasks:
-    """Load the recipe's mask file, check it against ``model``, hook it in (and freeze rows if asked).
+@dataclass
+class BuildOnTheFly:
+    """What :func:`attach_training_masks` needs to build a mask when the recipe names no file."""
+
+    tokenizer: Any
+    data: Any  # DataSection
+    seed: int
+    save_to: Path
+    model_name: str
+
+
+def build_for_run(model, spec: BuildOnTheFly, layers: str | None, model_identity: dict[str, Any] | None) -> Path:
+    """Build a mask from the training data with the `fnsft mask build` defaults and save it (atomically)."""
+    from fnsft.mask.build import BuildSettings, build_mask
+    from fnsft.mask.inputs import token_sequences
+    from fnsft.mask.maskfile import save_mask
+
+    tokens = token_sequences(spec.data, spec.tokenizer, spec.seed, "train")
+    mask = build_mask(
+        model, tokens.sequences, BuildSettings(layers=layers, seed=spec.seed), model_name=spec.model_name,
+        source_identity=model_identity, pad_token_id=spec.tokenizer.pad_token_id, data_source=tokens.source,
+        data_format=tokens.format,
+    )
+    return save_mask(mask, spec.save_to)
+
+
+def attach_training_masks(
+    model, mask_section, model_identity: dict[str, Any] | None = None, *, build: BuildOnTheFly | None = None
+) -> TrainingMasks:
+    """Load the recipe's mask file (or build one), check it against ``model``, hook it in, freeze rows if asked.
 
     Works before or after PEFT wrapping; call it after wrapping when ``freeze_masked_rows`` should cover the
     LoRA B matrices (they do not exist before). Pass ``handle.trainer_callbacks()`` to the Trainer and call
@@ -236,7 +265,15 @@ def attach_training_masks(model, mask_section, model_identity: dict[str, Any] | 
         mask_section: the recipe's ``mask:`` section (MaskSection).
         model_identity: the base model's ``ModelSource.identity``; when given, the mask must have been built
             on the same weights.
+        build: how to build the mask when ``mask_section.path`` is unset (tokenizer, data section, seed, and
+            where to save it, e.g. RUN_DIR/mask.json). The saved path is in the provenance.
     """
+    if mask_section.path is None:
+        if build is None:
+            raise MaskError("mask.path is not set and no data was given to build a mask from")
+        mask_section = mask_section.model_copy(
+            update={"path": str(build_for_run(model, build, mask_section.layers, model_identity))}
+        )
     mask = load_mask(mask_section.path)
     check_against_model(mask, describe_architecture(model), model_identity)
     masks = apply_mask(model, mask, mask_section.components, mask_section.mode, mask_section.layers)

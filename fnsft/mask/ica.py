@@ -10,7 +10,7 @@ feature covariance (131 072² · 8 B = 137 GB) fits, and sklearn's IncrementalPC
    The model therefore runs only once.
 2. :func:`streaming_pca` is a randomized range finder with power iterations (Halko, Martinsson & Tropp 2011,
    Alg. 4.4 + 5.1) that only ever touches X through chunk products, accumulated in float64:
-   per-feature mean/std (Chan's merge), Y = Xs Ω, Z = Xsᵀ Q, B = Qᵀ Xs. Peak extra memory is one chunk plus
+   per-feature mean/std (Chan's merge), Y = Xs Ω, Z = Xsᵀ Q, B = Qᵀ Xs. Peak extra memory is one float64 chunk (64 MiB) plus
    O((tokens + features) · l) for l = k + oversampling — linear, never quadratic, in the feature count.
    No library streams a randomized SVD over chunked out-of-core data, hence the ~30 lines here; the pieces
    (QR, SVD, svd_flip, FastICA) are numpy/scikit-learn.
@@ -102,7 +102,7 @@ class ActivationStore:
         self.close()
 
 
-def chunk_rows_for(width: int, chunk_bytes: int = 256 << 20) -> int:
+def chunk_rows_for(width: int, chunk_bytes: int = 64 << 20) -> int:
     """Rows per float64 working chunk so that one chunk stays near ``chunk_bytes``."""
     return max(1, min(8192, chunk_bytes // (8 * width)))
 
@@ -148,7 +148,10 @@ def streaming_pca(store: ActivationStore, dims: int, seed: int, *, power_iters: 
 
     def standardized() -> Iterator[np.ndarray]:
         for chunk in store.chunks(chunk_rows):
-            yield (chunk.astype(np.float64) - mean) / std
+            block = chunk.astype(np.float64)
+            block -= mean
+            block /= std
+            yield block
 
     def times(right: np.ndarray) -> np.ndarray:  # Xs @ right, (n × l)
         return np.concatenate([block @ right for block in standardized()])

@@ -131,8 +131,11 @@ class OutputSection(Section):
 class MaskSection(Section):
     """Training-time ICA functional-network mask (see `fnsft mask`)."""
 
-    path: str = Field(
-        validation_alias=AliasChoices("path", "file"), description="Mask file written by `fnsft mask build` (alias: file)."
+    path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("path", "file"),
+        description="Mask file written by `fnsft mask build` (alias: file). Unset: built from the training data at "
+        "the start of the run with `fnsft mask build` defaults and saved as RUN_DIR/mask.json.",
     )
     mode: Literal["lesion", "preserve"] = Field(
         "lesion", description="lesion: zero the selected neurons; preserve: zero all others. Aliases: key, complement."

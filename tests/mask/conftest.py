@@ -17,6 +17,11 @@ def sentences(count: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def make_sentences():
+    return sentences
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

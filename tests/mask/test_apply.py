@@ -177,3 +177,24 @@ def test_section_aliases_and_layer_scope(tiny_llama, built_mask):
         assert not model.model.layers[0].mlp._forward_hooks and model.model.layers[1].mlp._forward_hooks
     finally:
         handle.remove()
+
+
+def test_mask_built_on_the_fly_from_training_data_is_saved_in_the_run_dir(tiny_llama_dir, text_jsonl, tmp_path):
+    from fnsft.mask.apply import BuildOnTheFly
+    from fnsft.models import load_tokenizer, resolve_model
+    from fnsft.recipe.schema import DataSection, ModelSection
+
+    section = ModelSection(name_or_path=str(tiny_llama_dir))
+    source = resolve_model(section)
+    model = fresh_model(tiny_llama_dir)
+    build = BuildOnTheFly(load_tokenizer(source, section), DataSection(path=str(text_jsonl)), 7, tmp_path / "run" / "mask.json", "tiny")
+    with pytest.raises(MaskError, match="mask.path is not set"):
+        attach_training_masks(model, MaskSection(components=[0]), source.identity)
+    handle = attach_training_masks(model, MaskSection(components=[0], layers="1"), source.identity, build=build)
+    try:
+        saved = load_mask(tmp_path / "run" / "mask.json")
+        assert handle.provenance["path"] == str((tmp_path / "run" / "mask.json").resolve())
+        assert saved.layers == [1] and saved.method.seed == 7 and saved.data.format == "text"
+        assert handle.provenance["layers"] == [1]
+    finally:
+        handle.remove()
