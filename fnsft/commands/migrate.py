@@ -24,12 +24,12 @@ class MigrateTarget(StrEnum):
 def migrate_config(
     recipe: Path = typer.Argument(..., help="Recipe YAML to migrate (any supported schema version)."),
     to: MigrateTarget | None = typer.Option(None, "--to", help="full, peft (LoRA) or qlora.", case_sensitive=False),
-    upgrade: bool = typer.Option(False, "--upgrade", help="Upgrade an older schema version (e.g. the predecessor's "
+    upgrade: bool = typer.Option(False, "--upgrade", help="Upgrade an older schema version (e.g. FunctionalNetworksSFT's "
                                  "flat flag YAML) to the current one, changing nothing else."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Where to write (default: next to RECIPE, "
                                        "NAME-full.yaml, NAME-peft.yaml, NAME-qlora.yaml or NAME-v1.yaml)."),
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="Per-GPU memory budget, e.g. 80GiB: pick the "
-                                          "largest per-device batch that fits (needs the estimator)."),
+                                          "largest per-device batch that fits (by the memory estimator)."),
     gpu: str | None = typer.Option(None, "--gpu", help="GPU model whose memory is the budget, e.g. A100-80GB."),
     num_gpus: int | None = typer.Option(None, "--num-gpus", help="Total GPUs; the effective batch stays the same."),
     diff: bool = typer.Option(False, "--diff", help="Print a unified diff instead of writing a file."),

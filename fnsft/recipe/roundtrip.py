@@ -114,6 +114,22 @@ def dump_value(value: Any) -> str:
     return out.getvalue().strip().removeprefix("- ").split("\n")[0]
 
 
+def comments_above(node: CommentedMap, key: Any) -> list[str]:
+    """The full-line comments right above ``key`` (without '#'); for the first key they are the file header."""
+    keys = list(node)
+    position = keys.index(key)
+    if position == 0:
+        return []
+    lines = _following(node, keys[position - 1]).splitlines()
+    return [line.strip()[1:].strip() for line in lines if line.strip().startswith("#")]
+
+
+def set_comments_above(node: CommentedMap, key: Any, lines: list[str], indent: int) -> None:
+    """Put full-line comments right above ``key`` (ruamel's own before-key slot, so they move with the key)."""
+    if lines:
+        node.yaml_set_comment_before_after_key(key, before="\n".join(lines), indent=indent)
+
+
 def insert_key(node: CommentedMap, key: str, value: Any, order: Iterable[str]) -> None:
     """Add ``key`` after its nearest predecessor in ``order`` (schema order) that the map has, else first."""
     order = list(order)

@@ -291,8 +291,10 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
 
     root = CommentedMap()
     root["version"] = 1
-    if isinstance(flat, CommentedMap) and flat.ca.comment and flat.ca.comment[1]:
+    commented = isinstance(flat, CommentedMap)
+    if commented and flat.ca.comment and flat.ca.comment[1]:
         root.ca.comment = [None, list(flat.ca.comment[1])]  # the file's header comment stays on top
+    carried: set[str] = set()
     for dotted, value in changes.items():
         keys = dotted.split(".")
         node = root
@@ -305,7 +307,10 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
         value = roundtrip.yaml_value(value)
         roundtrip.insert_key(node, keys[-1], value, model.model_fields if model else [])
         old = sources[dotted]
-        own = roundtrip.eol_comment(flat, old) if isinstance(flat, CommentedMap) else None
+        if commented and old not in carried:  # comment lines above the old key go above its first new key
+            carried.add(old)
+            roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(flat, old), indent=2 * (len(keys) - 1))
+        own = roundtrip.eol_comment(flat, old) if commented else None
         if old != keys[-1]:
             roundtrip.set_eol_comment(node, keys[-1], f"upgraded from {old}" + (f"  # {own}" if own else ""))
         elif own:

@@ -11,6 +11,7 @@ from ruamel.yaml.comments import CommentedMap
 from fnsft.errors import RecipeError
 from fnsft.recipe import versions
 from fnsft.recipe.load import FLAG_PATHS, load_recipe, parse_yaml_file
+from fnsft.recipe.roundtrip import dump
 from fnsft.recipe.schema import CURRENT_VERSION
 from fnsft.recipe.versions import KeyChange, KeyStatus, detect_version, plan_upgrade, upgrade, v0_rules
 
@@ -108,3 +109,13 @@ def test_the_chain_runs_every_step_in_order():
 def test_current_version_passes_through_untouched():
     data = CommentedMap({"version": 1, "model": {"name_or_path": "m"}})
     assert upgrade(data, "f") == (data, [])
+
+
+def test_v0_comments_follow_their_keys():
+    path = next(p for p in GOLDEN_V0 if p.stem == "peft_training_config")
+    data, _ = versions.v0_to_v1(parse_yaml_file(path), str(path))
+    text = dump(data)
+    assert text.startswith("# PEFT training configuration")  # the header stays on top
+    assert "    # LoRA\n    r: 16" in text  # the line above lora_r is now above method.lora.r
+    assert "base model" in text.split("name_or_path:")[1].split("\n")[0]  # end-of-line comments move too
+    assert "upgraded from model_name_or_path" in text
