@@ -1,0 +1,143 @@
+"""Make it fit: the cheapest changes that bring a run under a memory budget, and the guide's PEFT-vs-full line.
+
+Changes are ranked by what they cost the user, cheapest first: a smaller micro-batch with more gradient
+accumulation (same effective batch, same result, a little slower), gradient checkpointing (~30 % slower),
+an 8-bit optimizer (near-identical quality), QLoRA instead of LoRA (4-bit base), LoRA instead of full
+fine-tuning (a different method), sharding over more GPUs (more hardware), CPU offload (much slower).
+When no single change is enough, they are combined in that order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from fnsft.estimate.memory import EstimateInput, estimate
+
+GB = 10**9
+
+
+class Suggestion(BaseModel):
+    """One way to fit: what to change, the changed input, and its new predicted total."""
+
+    description: str
+    changes: dict[str, Any]
+    input: EstimateInput
+    total: int
+    cost_rank: int
+
+
+def _total(inp: EstimateInput) -> int:
+    return estimate(inp).total
+
+
+def _smaller_batch(inp: EstimateInput, budget: int) -> tuple[EstimateInput, dict[str, Any]] | None:
+    """The largest micro-batch (halving) that fits, with accumulation raised to keep the effective batch."""
+    batch, accumulation = inp.batch_size, inp.gradient_accumulation_steps
+    while batch > 1:
+        factor = 2 if batch % 2 == 0 else batch  # an odd micro-batch goes straight to 1
+        batch, accumulation = batch // factor, accumulation * factor
+        changed = inp.model_copy(update={"batch_size": batch, "gradient_accumulation_steps": accumulation})
+        if _total(changed) <= budget:
+            return changed, {"batch_size": batch, "gradient_accumulation_steps": accumulation}
+    return None
+
+
+def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
+    """(cost rank, description, field updates) for every single change that applies to this input."""
+    options: list[tuple[int, str, dict[str, Any]]] = []
+    if not inp.gradient_checkpointing:
+        options.append((2, "turn on gradient checkpointing (~30% slower)", {"gradient_checkpointing": True}))
+    if inp.optimizer in ("adamw", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit") and inp.device == "cuda":
+        options.append((3, "use the 8-bit AdamW optimizer (optimizer: adamw_8bit)", {"optimizer": "adamw_8bit"}))
+    if inp.method == "lora" and inp.device == "cuda":
+        options.append((4, "use QLoRA: 4-bit base weights (method: qlora)", {"method": "qlora", "precision": "bf16"}))
+    if inp.method == "full":
+        options.append((5, "use LoRA instead of full fine-tuning (method: lora)", {"method": "lora"}))
+        if inp.device == "cuda":
+            options.append((6, "use QLoRA instead of full fine-tuning (method: qlora)",
+                            {"method": "qlora", "precision": "bf16"}))
+    if inp.device == "cuda":
+        for gpus in (2, 4, 8):
+            if gpus > inp.num_gpus:
+                options.append((7, f"shard with ZeRO-3/FSDP over {gpus} GPUs", {"num_gpus": gpus, "sharding": "zero3"}))
+        if inp.offload == "none":
+            sharding = {"sharding": "zero3"} if inp.num_gpus > 1 else {}
+            options.append((8, "offload optimizer states to CPU memory (much slower steps)",
+                            {"offload": "optimizer", **sharding}))
+    return options
+
+
+def _suggest(inp: EstimateInput, budget: int, rank: int, description: str, updates: dict[str, Any]) -> Suggestion | None:
+    changed = inp.model_copy(update=updates)
+    total = _total(changed)
+    if total <= budget:
+        return Suggestion(description=description, changes=updates, input=changed, total=total, cost_rank=rank)
+    smaller = _smaller_batch(changed, budget)
+    if smaller is not None:
+        changed, batch_updates = smaller
+        text = f"{description}, micro-batch {changed.batch_size} × accumulation {changed.gradient_accumulation_steps}"
+        return Suggestion(description=text, changes=updates | batch_updates, input=changed, total=_total(changed),
+                          cost_rank=rank)
+    return None
+
+
+def make_it_fit(inp: EstimateInput, budget_bytes: int) -> list[Suggestion]:
+    """Changes that bring the predicted peak under ``budget_bytes``, cheapest first.
+
+    Args:
+        inp: the run as configured.
+        budget_bytes: memory available per GPU (per process on CPU).
+
+    Returns:
+        An empty list when the run already fits or nothing found fits; otherwise suggestions ordered by cost.
+    """
+    if _total(inp) <= budget_bytes:
+        return []
+    found: list[Suggestion] = []
+    smaller = _smaller_batch(inp, budget_bytes)
+    if smaller is not None:
+        changed, updates = smaller
+        found.append(Suggestion(
+            description=f"micro-batch {changed.batch_size} with gradient accumulation {changed.gradient_accumulation_steps} "
+                        "(same effective batch)",
+            changes=updates, input=changed, total=_total(changed), cost_rank=1))
+    options = _changes(inp)
+    for rank, description, updates in options:
+        if "num_gpus" in updates and any("num_gpus" in s.changes for s in found):
+            continue  # only the fewest GPUs that fit
+        suggestion = _suggest(inp, budget_bytes, rank, description, updates)
+        if suggestion is not None:
+            found.append(suggestion)
+    if not found:  # combine in cost order until it fits
+        combined: dict[str, Any] = {}
+        descriptions: list[str] = []
+        for rank, description, updates in options:
+            trial = combined | updates
+            suggestion = _suggest(inp, budget_bytes, rank + 10, " + ".join([*descriptions, description]), trial)
+            if suggestion is not None:
+                found.append(suggestion)
+                break
+            if "num_gpus" in updates and updates["num_gpus"] < 8:
+                continue  # try more GPUs instead of stacking sharding choices
+            combined, descriptions = trial, [*descriptions, description]
+    unique = {suggestion.description: suggestion for suggestion in found}
+    return sorted(unique.values(), key=lambda s: (s.cost_rank, s.total))
+
+
+def recommendation(inp: EstimateInput, budget_bytes: int | None) -> str:
+    """The guide's "When to use each approach" applied to this model size and memory."""
+    params = inp.model.total_params
+    size = f"{params / 1e9:.1f}B-parameter model"
+    if params >= 7e9:
+        return f"PEFT (LoRA/QLoRA) recommended: {size} (guide: use PEFT for large models, 7B+)."
+    if budget_bytes is not None and budget_bytes < 16 * GB:
+        return f"PEFT recommended: limited GPU memory ({budget_bytes / GB:.0f} GB < 16 GB)."
+    full = inp.model_copy(update={"method": "full", "precision": "bf16" if inp.precision == "fp32" and inp.device == "cuda"
+                                  else inp.precision})
+    fits_full = budget_bytes is None or _total(full) <= budget_bytes
+    if params < 3e9 and fits_full:
+        return (f"Full fine-tuning is an option: {size} (< 3B) and it fits; choose it for maximum quality or a large "
+                "domain shift, PEFT for quick iteration and small adapters.")
+    return f"PEFT recommended for quick iteration and small adapters ({size}); full fine-tuning needs more memory."

@@ -1,0 +1,404 @@
+"""Per-GPU (or per-process on CPU) memory of a fine-tuning step, computed from the model shape alone.
+
+What is exact and what is not
+=============================
+**Exact to the byte** (checked in tests/estimate/test_exact_parts.py against real tensors after a real optimizer
+step on tiny llama/qwen2/gemma models): base weights (including bitsandbytes NF4 packing and every quantization
+constant: absmax, nested absmax, the two code books, the offset), LoRA adapter weights, gradients, and optimizer
+states for torch AdamW (two moments + a 4-byte step tensor per parameter tensor) and bitsandbytes AdamW8bit
+(uint8 moments + one fp32 absmax per 256 values; tensors under 4096 values keep 32-bit moments).
+
+**Modelled from the real saved tensors** (tests/estimate/test_activations.py counts them with
+``torch.autograd.graph.saved_tensors_hooks``): activations. The formula lists what PyTorch + transformers 5 save
+per decoder layer for the llama-like families (llama, mistral, qwen2/3, gemma 1/2/3, phi3, stablelm): the fp32
+norm inputs and rsqrt, the q/k/v/out and logsumexp kept by SDPA/flash attention (or the s×s probabilities of
+eager attention), the gated MLP's four intermediates (three for LoRA), and per LoRA target the dropout mask,
+dropout output and A output. With gradient checkpointing only each layer's input is kept, plus one layer's
+activations while it is recomputed in backward. GPT-2, BLOOM, Falcon and Phi-2 use the same accounting with a
+plain MLP and are *not* validated against measurements. Encoder-decoder models (T5) are not estimated.
+
+**Approximate** (constants, not measured on a GPU in this project):
+
+* ``overhead`` on CUDA = 0.5 GiB (CUDA context, cuBLAS/cuDNN workspaces; nvidia-smi shows it, torch's
+  ``max_memory_allocated`` does not) + 8 % of the tensor total for allocator fragmentation (the gap between
+  ``max_memory_reserved`` and ``max_memory_allocated``, reported between 0 and 25 %).
+* ``overhead`` on CPU = the resident size of a Python process that has imported torch, transformers, TRL, PEFT
+  and datasets and loaded a tokenizer and a small dataset (:data:`CPU_PROCESS_BASELINE`, measured here).
+* The peak is the largest of three moments of a step (loss computed, end of backward, optimizer step); kernels'
+  temporary workspaces beyond the logits buffers are not modelled.
+* Sharding (ZeRO/FSDP) divides the model states by the number of GPUs and adds all-gather buffers of two layers;
+  DDP adds a gradient-bucket copy. These follow DeepSpeed's own estimators, not measurements.
+* Packed/padding-free batches are costed as full ``batch × seq_len`` rectangles (the worst case).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fnsft.errors import EstimateError
+from fnsft.estimate.arch import LLAMA_LIKE, LinearLayer, ModelShape
+
+GiB = 1 << 30
+#: CUDA context + library workspaces, as nvidia-smi reports them beyond torch's allocator (typical 0.3–1.3 GB).
+CUDA_CONTEXT_BYTES = GiB // 2
+#: Allocator fragmentation: max_memory_reserved over max_memory_allocated.
+CUDA_FRAGMENTATION = 0.08
+#: RSS of a process after importing torch/transformers/trl/peft/datasets and loading a tokenizer (measured here).
+CPU_PROCESS_BASELINE = 900 * (1 << 20)
+#: bitsandbytes: 4-bit block size, nested (double-quant) block size, 8-bit optimizer block size / threshold.
+NF4_BLOCK, NF4_NESTED_BLOCK, OPT8_BLOCK, OPT8_MIN_SIZE = 64, 256, 256, 4096
+
+Method = Literal["lora", "qlora", "full"]
+PrecisionName = Literal["bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed"]
+OptimizerName = Literal[
+    "adamw", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
+]
+Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
+
+
+class EstimateInput(BaseModel):
+    """Everything that decides the memory of one training step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelShape
+    method: Method = "lora"
+    precision: PrecisionName = "bf16"
+    optimizer: OptimizerName = "adamw_torch"
+    batch_size: int = Field(4, gt=0, description="Micro-batch per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    seq_len: int = Field(1024, gt=0)
+    gradient_checkpointing: bool = True
+    lora_r: int = Field(16, gt=0)
+    lora_targets: list[str] | Literal["all-linear"] = "all-linear"
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    quant_bits: Literal[4, 8] = Field(4, description="QLoRA base weights: 4-bit NF4/FP4 or 8-bit LLM.int8.")
+    quant_double: bool = Field(True, description="QLoRA nested quantization of the absmax constants.")
+    qlora_fp32_non_quantized: bool = Field(
+        False, description="PEFT prepare_model_for_kbit_training casts every unquantized weight to fp32 (TRL does not)."
+    )
+    attention: Literal["sdpa", "flash", "eager"] = "sdpa"
+    num_gpus: int = Field(1, gt=0)
+    sharding: Sharding = "none"
+    offload: Literal["none", "optimizer", "params"] = "none"
+    device: Literal["cuda", "cpu"] = "cuda"
+
+    @model_validator(mode="after")
+    def _check(self) -> EstimateInput:
+        limit = self.model.max_position_embeddings
+        if limit and self.seq_len > limit:
+            raise ValueError(f"seq_len {self.seq_len} is beyond {self.model.name}'s maximum of {limit} positions")
+        if self.method == "qlora" and self.precision.startswith("fp32"):
+            raise ValueError("qlora needs a 16-bit compute dtype (precision bf16 or fp16)")
+        return self
+
+    @property
+    def compute_bytes(self) -> int:
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per stored (unquantized) weight: fp32 for fp32 and the *-mixed precisions."""
+        return 2 if self.precision in ("bf16", "fp16") else 4
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+class Breakdown(BaseModel):
+    """Predicted bytes per GPU (per process on CPU). ``total`` is the predicted peak."""
+
+    weights: int = Field(description="Base model weights, incl. quantization constants (frozen ones for PEFT).")
+    weights_quantized: int = Field(0, description="Of weights: 4-bit packed linear weights.")
+    quantization_constants: int = Field(0, description="Of weights: absmax, nested absmax, code books, offsets.")
+    weights_unquantized: int = Field(0, description="Of weights: what stays 16/32-bit (embeddings, head, norms, ...).")
+    adapter: int = Field(0, description="LoRA adapter weights (trainable).")
+    trainable_params: int
+    total_params: int
+    gradients: int
+    optimizer_states: int
+    activations: int = Field(description="Tensors saved for backward at the end of forward (incl. the fp32 log-probs).")
+    activations_without_checkpointing: int
+    activations_with_checkpointing: int
+    recompute: int = Field(0, description="One layer's activations rebuilt during backward (checkpointing).")
+    logits_saved: int = Field(description="Of activations: the fp32 log-softmax kept for the loss backward.")
+    logits_transient: int = Field(description="b·s·V buffers alive at the loss (logits, fp32 upcast, loss grads).")
+    optimizer_transient: int = 0
+    workspace: int = Field(0, description="QLoRA: one linear dequantized to the compute dtype in backward.")
+    communication: int = Field(0, description="DDP buckets / ZeRO-FSDP all-gather buffers.")
+    overhead: int
+    total: int
+    peak_phase: str
+    cpu_offloaded: int = Field(0, description="Bytes moved to host memory by --offload (not in total).")
+
+
+def lora_target_layers(inp: EstimateInput) -> list[LinearLayer]:
+    """The linear layers of one block that carry LoRA (raises if a named target does not exist)."""
+    linears = [layer for block in inp.model.blocks for layer in block.linears if layer.is_linear_module]
+    if inp.lora_targets == "all-linear":
+        return linears
+    wanted = set(inp.lora_targets)
+    chosen = [layer for layer in linears if layer.name in wanted or layer.name.rsplit(".", 1)[-1] in wanted]
+    found = {layer.name for layer in chosen} | {layer.name.rsplit(".", 1)[-1] for layer in chosen}
+    missing = sorted(wanted - found)
+    if missing:
+        names = sorted({layer.name for layer in linears})
+        raise EstimateError(f"LoRA target(s) {', '.join(missing)} not in {inp.model.name} (its linears: {', '.join(names)})")
+    return chosen
+
+
+def _lora_tensor_sizes(inp: EstimateInput) -> list[int]:
+    targets = {id(layer) for layer in lora_target_layers(inp)}
+    sizes: list[int] = []
+    for block in inp.model.blocks:
+        for _ in range(block.repeat):
+            for layer in block.linears:
+                if id(layer) in targets:
+                    sizes += [inp.lora_r * layer.d_in, layer.d_out * inp.lora_r]
+    return sizes
+
+
+def nf4_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
+    """(packed bytes, constant bytes) of one bitsandbytes 4-bit weight."""
+    blocks = math.ceil(numel / NF4_BLOCK)
+    code = 16 * 4  # the NF4/FP4 code book, fp32, one per weight
+    if not double_quant:
+        return math.ceil(numel / 2), blocks * 4 + code
+    nested = math.ceil(blocks / NF4_NESTED_BLOCK) * 4 + 256 * 4 + 4  # fp32 absmax, 8-bit code book, offset
+    return math.ceil(numel / 2), blocks + code + nested
+
+
+def _weights(inp: EstimateInput) -> tuple[int, int, int, int]:
+    """(total, quantized, constants, unquantized) bytes of the base model."""
+    model = inp.model
+    if inp.method != "qlora":
+        total = model.total_params * inp.weight_bytes
+        return total, 0, 0, total
+    quantized = constants = 0
+    for block in model.blocks:
+        for layer in block.linears:
+            if layer.is_linear_module:
+                if inp.quant_bits == 8:  # LLM.int8: int8 weights + one fp32 scale per output row (not validated)
+                    packed, const = layer.d_in * layer.d_out, 4 * layer.d_out
+                else:
+                    packed, const = nf4_bytes(layer.d_in * layer.d_out, inp.quant_double)
+                quantized += packed * layer.count * block.repeat
+                constants += const * layer.count * block.repeat
+    unquantized_params = model.total_params - sum(
+        layer.d_in * layer.d_out * layer.count * block.repeat
+        for block in model.blocks for layer in block.linears if layer.is_linear_module
+    )
+    unquantized = unquantized_params * (4 if inp.qlora_fp32_non_quantized else inp.compute_bytes)
+    return quantized + constants + unquantized, quantized, constants, unquantized
+
+
+def _trainable(inp: EstimateInput) -> tuple[list[int], int]:
+    """(trainable tensor sizes, bytes per trainable value)."""
+    if inp.method == "full":
+        return inp.model.tensor_sizes(), inp.weight_bytes
+    # PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype); TRL casts them to bf16 for quantized bases.
+    return _lora_tensor_sizes(inp), 2 if inp.method == "qlora" else 4
+
+
+def optimizer_state_bytes(optimizer: str, sizes: list[int], value_bytes: int) -> int:
+    """Bytes of optimizer state after the first step for trainable tensors of the given sizes."""
+    if optimizer in ("adamw", "adamw_torch", "adamw_torch_fused"):
+        return sum(2 * n * value_bytes + 4 for n in sizes)  # exp_avg, exp_avg_sq in the param dtype + fp32 step
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        small = sum(8 * n for n in sizes if n < OPT8_MIN_SIZE)
+        big = sum(2 * n + 2 * 4 * math.ceil(n / OPT8_BLOCK) for n in sizes if n >= OPT8_MIN_SIZE)
+        shared_code_books = 2 * 256 * 4 if any(n >= OPT8_MIN_SIZE for n in sizes) else 0
+        return small + big + shared_code_books
+    if optimizer == "paged_adamw_32bit":
+        return sum(8 * n for n in sizes)
+    if optimizer == "adafactor":
+        return sum(n * value_bytes for n in sizes)  # upper bound: factored rows+cols are far smaller for matrices
+    return 0  # sgd without momentum
+
+
+def _sdpa_layer(inp: EstimateInput, dtype: int) -> int:
+    m, tokens, b, s = inp.model, inp.tokens, inp.batch_size, inp.seq_len
+    q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+    if inp.attention == "eager":
+        # q, repeated k and v, fp32 softmax output and its cast, the contiguous output copy
+        return dtype * tokens * 4 * q + (4 + dtype) * b * m.num_heads * s * s
+    return dtype * tokens * (2 * q + 2 * kv) + 4 * b * m.num_heads * s  # q, k, v, out + fp32 logsumexp
+
+
+def _norm(inp: EstimateInput, dtype: int, trainable: bool, output_saved: bool) -> int:
+    """Saved bytes of one RMSNorm/LayerNorm over hidden states."""
+    tokens, h = inp.tokens, inp.model.hidden_size
+    saved = 4 * tokens * h + 4 * tokens  # fp32 input (copy), rsqrt/rstd
+    if trainable:
+        normed_bytes = 4 if inp.model.model_type.startswith("gemma") else dtype
+        saved += normed_bytes * tokens * h + (dtype * tokens * h if output_saved else 0)
+    return saved
+
+
+def _lora_saved(inp: EstimateInput, layer: LinearLayer, input_requires_grad: bool) -> int:
+    """Dropout mask + dropout output (the fp32 cast of the input without dropout) + A output of one LoRA layer."""
+    tokens, adapter_bytes = inp.tokens, 2 if inp.method == "qlora" else 4
+    saved = adapter_bytes * tokens * (layer.d_in + inp.lora_r)
+    if inp.lora_dropout > 0 and input_requires_grad:
+        saved += (1 if inp.device == "cuda" else adapter_bytes) * tokens * layer.d_in  # bool mask on CUDA
+    return saved * layer.count
+
+
+def layer_activation_bytes(inp: EstimateInput, first_layer: bool = False) -> int:
+    """Bytes saved for backward by one decoder layer without checkpointing."""
+    m, tokens, dtype = inp.model, inp.tokens, inp.compute_bytes
+    full = inp.method == "full"
+    # With a frozen embedding the first layer's input needs no gradient (unless checkpointing/PEFT prep asks for it).
+    input_grad = full or not first_layer or inp.gradient_checkpointing or inp.method == "qlora"
+    pre_norms = 2 if m.norms_per_layer >= 2 else 1
+    post_norms = max(m.norms_per_layer - 2, 0)
+    saved = 0
+    if input_grad:
+        saved += _norm(inp, dtype, full, output_saved=True)
+    saved += (pre_norms - 1) * _norm(inp, dtype, full, output_saved=True) + post_norms * _norm(inp, dtype, full, False)
+    saved += _sdpa_layer(inp, dtype)
+    if m.qk_norm:
+        heads = m.num_heads + m.num_kv_heads
+        saved += 4 * tokens * heads * (m.head_dim + 1) + (dtype * tokens * heads * m.head_dim if full else 0)
+    if m.gated_mlp:
+        saved += (4 if full else 3) * dtype * tokens * m.intermediate_size * max(m.experts_per_token, 1)
+    else:
+        saved += 2 * dtype * tokens * m.intermediate_size
+    if full and inp.precision.endswith("mixed"):
+        saved += 2 * sum(layer.d_in * layer.d_out * layer.count for layer in m.blocks[0].linears)  # autocast copies
+    if not full:
+        attention_inputs = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value"}
+        for layer in lora_target_layers(inp):
+            grad_in = input_grad or layer.name not in attention_inputs
+            saved += _lora_saved(inp, layer, grad_in)
+    return saved
+
+
+class ActivationParts(BaseModel):
+    """Saved-for-backward bytes of a forward pass, split like the measurement (tests/bench) splits them."""
+
+    total: int
+    in_layers: int = Field(description="Saved inside decoder layers, or held as layer inputs by checkpointing.")
+    log_probs: int
+    recompute: int
+
+
+def activation_parts(inp: EstimateInput, checkpointing: bool) -> ActivationParts:
+    """Saved-for-backward bytes for the whole model, with or without gradient checkpointing."""
+    m, tokens, dtype = inp.model, inp.tokens, inp.compute_bytes
+    if m.is_encoder_decoder:
+        from fnsft.errors import NotYetSupported
+
+        raise NotYetSupported(f"{m.name}: activation estimates for encoder-decoder models (T5) are not implemented")
+    variant = inp.model_copy(update={"gradient_checkpointing": checkpointing})
+    full = inp.method == "full"
+    per_layer = layer_activation_bytes(variant)
+    if checkpointing:
+        layers = m.num_layers * dtype * tokens * m.hidden_size  # each layer's input, kept for the recompute
+        recompute = per_layer
+    else:
+        layers = layer_activation_bytes(variant, first_layer=True) + (m.num_layers - 1) * per_layer
+        recompute = 0
+    # cos/sin of the rotary embedding, saved once by the first layer's q/k multiply (inside the recompute with checkpointing)
+    rotary = 2 * dtype * inp.seq_len * m.head_dim if m.model_type in LLAMA_LIKE and not checkpointing else 0
+    final_norm = _norm(inp, dtype, full, output_saved=True)
+    log_probs = 4 * tokens * m.vocab_size
+    labels = 8 * tokens + 4
+    embedding = 8 * tokens if full else 0  # token ids kept for the embedding gradient
+    in_layers = layers + rotary
+    return ActivationParts(total=in_layers + final_norm + log_probs + labels + embedding, in_layers=in_layers,
+                           log_probs=log_probs, recompute=recompute)
+
+
+def _check_sizes(inp: EstimateInput) -> None:
+    if inp.sharding in ("zero1", "zero2", "zero3", "fsdp", "ddp") and inp.num_gpus == 1:
+        raise EstimateError(f"sharding '{inp.sharding}' needs --num-gpus > 1")
+    if inp.device == "cpu" and (inp.sharding not in ("none", "ddp") or inp.offload != "none"):
+        raise EstimateError("--device cpu estimates a single process: no ZeRO/FSDP sharding or offload")
+
+
+def estimate(inp: EstimateInput) -> Breakdown:
+    """Predict the peak memory of one training step per GPU (per process with ``device='cpu'``).
+
+    Args:
+        inp: the run to estimate.
+
+    Returns:
+        The breakdown; ``total`` is the predicted peak.
+
+    Raises:
+        EstimateError: inconsistent input (unknown LoRA target, sharding on one GPU, ...).
+        NotYetSupported: encoder-decoder models.
+    """
+    _check_sizes(inp)
+    model = inp.model
+    weights, quantized, constants, unquantized = _weights(inp)
+    sizes, value_bytes = _trainable(inp)
+    trainable = sum(sizes)
+    adapter = 0 if inp.method == "full" else trainable * value_bytes
+    gradients = trainable * value_bytes
+    optimizer = optimizer_state_bytes(inp.optimizer, sizes, value_bytes)
+    with_gc, without_gc = activation_parts(inp, True), activation_parts(inp, False)
+    activations = with_gc.total if inp.gradient_checkpointing else without_gc.total
+    recompute = with_gc.recompute if inp.gradient_checkpointing else 0
+    log_probs = without_gc.log_probs
+    tokens, dtype = inp.tokens, inp.compute_bytes
+    # forward: logits (+ fp32 upcast); backward: two fp32 b·s·V gradients next to the saved log-probs
+    logits_transient = max(dtype * tokens * model.vocab_size + (4 * tokens * model.vocab_size if dtype != 4 else 0),
+                           8 * tokens * model.vocab_size)
+    # foreach AdamW keeps one state-sized temporary; fused and 8-bit kernels update in place
+    optimizer_transient = trainable * value_bytes if inp.optimizer in ("adamw", "adamw_torch") and inp.device == "cuda" else 0
+
+    workspace = 0
+    if inp.method == "qlora":
+        workspace = dtype * max(layer.d_in * layer.d_out for block in model.blocks for layer in block.linears)
+
+    n, cpu_offloaded, communication = inp.num_gpus, 0, 0
+    if inp.sharding in ("zero1", "zero2", "zero3", "fsdp"):
+        cpu_offloaded, optimizer = (optimizer // n, 0) if inp.offload != "none" else (0, optimizer // n)
+    if inp.sharding in ("zero2", "zero3", "fsdp"):
+        gradients //= n
+    if inp.sharding in ("zero3", "fsdp"):
+        layer_bytes = model.blocks[0].params * inp.weight_bytes
+        communication = 2 * layer_bytes  # current + prefetched layer, all-gathered
+        if inp.offload == "params":
+            cpu_offloaded += weights
+            weights = 0
+        else:
+            weights //= n
+    elif inp.sharding == "ddp":
+        communication = gradients  # gradient buckets
+    if inp.offload == "optimizer" and inp.sharding == "none":
+        cpu_offloaded, optimizer = optimizer, 0
+
+    static = weights + adapter + optimizer
+    accumulated = gradients if inp.gradient_accumulation_steps > 1 else 0
+    phases = {
+        "loss (end of forward)": activations + logits_transient + accumulated,
+        # checkpoints are freed layer by layer while gradients grow: the larger of the two plus one recomputed layer
+        "backward": recompute + workspace + max(activations - log_probs, gradients),
+        "optimizer step": gradients + optimizer_transient,
+    }
+    phase, dynamic = max(phases.items(), key=lambda item: item[1])
+    allocated = static + dynamic + communication
+    if inp.device == "cuda":
+        overhead = CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * allocated)
+    else:
+        overhead = CPU_PROCESS_BASELINE
+        # Loading from safetensors maps the file and copies it into parameters: two copies at once on CPU.
+        if inp.method != "qlora" and 2 * weights > allocated:
+            allocated, phase = 2 * weights, "model loading"
+    return Breakdown(
+        weights=weights, weights_quantized=quantized, quantization_constants=constants,
+        weights_unquantized=unquantized, adapter=adapter, trainable_params=trainable, total_params=model.total_params,
+        gradients=gradients, optimizer_states=optimizer, activations=activations,
+        activations_without_checkpointing=without_gc.total, activations_with_checkpointing=with_gc.total,
+        recompute=recompute,
+        logits_saved=log_probs, logits_transient=logits_transient, optimizer_transient=optimizer_transient,
+        workspace=workspace, communication=communication, overhead=overhead, total=allocated + overhead, peak_phase=phase,
+        cpu_offloaded=cpu_offloaded,
+    )

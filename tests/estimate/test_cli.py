@@ -1,0 +1,105 @@
+"""`fnsft estimate` from the command line: recipes, flags, JSON, errors, and no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from fnsft.cli import app
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path, model: str, extra: str = "") -> str:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "hi", "completion": "hello"}\n')
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"""version: 1
+model:
+  name_or_path: {model}
+data:
+  path: {data}
+  max_length: 2048
+method:
+  name: qlora
+  lora:
+    r: 32
+training:
+  per_device_train_batch_size: 2
+  gradient_accumulation_steps: 8
+{extra}""")
+    return str(path)
+
+
+def test_recipe_estimate_json_has_stable_keys(tmp_path):
+    result = runner.invoke(app, ["estimate", _recipe(tmp_path, "meta-llama/Llama-3.1-8B"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["schema"] == "fnsft-estimate/1"
+    assert set(report) == {"schema", "model", "input", "bytes", "peak_phase", "fit", "suggestions", "recommendation"}
+    assert report["input"]["method"] == "qlora" and report["input"]["lora_r"] == 32
+    assert report["input"]["seq_len"] == 2048 and report["input"]["gradient_accumulation_steps"] == 8
+    assert report["bytes"]["quantization_constants"] > 0
+    assert {row["gpu"] for row in report["fit"]} >= {"RTX4090", "A100-80GB"}
+
+
+def test_flags_override_the_recipe(tmp_path):
+    result = runner.invoke(app, ["estimate", _recipe(tmp_path, "meta-llama/Llama-3.1-8B"), "--method", "full",
+                                 "--batch-size", "1", "--optimizer", "adamw_8bit", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["input"]["method"] == "full" and report["input"]["batch_size"] == 1
+
+
+def test_recipe_with_a_local_model_dir(tmp_path, tiny_model_factory):
+    result = runner.invoke(app, ["estimate", _recipe(tmp_path, str(tiny_model_factory("llama"))), "--device", "cpu",
+                                 "--seq-len", "256"])
+    assert result.exit_code == 0, result.output
+    assert "peak total" in result.stdout
+
+
+def test_does_not_fit_lists_changes(tmp_path):
+    result = runner.invoke(app, ["estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "full",
+                                 "--gpu-memory", "40GiB", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fit"][0]["fits"] is False
+    assert report["suggestions"] and all(s["total_bytes"] <= 40 << 30 for s in report["suggestions"])
+
+
+def test_table_output_mentions_every_component():
+    result = runner.invoke(app, ["estimate", "--model", "Qwen/Qwen2.5-7B", "--method", "qlora", "--gpu", "RTX4090"])
+    assert result.exit_code == 0, result.output
+    for word in ("weights", "gradients", "optimizer states", "activations", "logits", "overhead", "peak total",
+                 "RTX4090"):
+        assert word in result.stdout
+
+
+def test_bad_input_exits_2_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    unknown = runner.invoke(app, ["estimate", "--model", "nobody/nothing-here"])
+    assert unknown.exit_code == 2 and "--model path/config.json" in unknown.output
+    gpu = runner.invoke(app, ["estimate", "--model", "gpt2", "--gpu", "Z80"])
+    assert gpu.exit_code == 2 and "RTX4090" in gpu.output
+    seq = runner.invoke(app, ["estimate", "--model", "gpt2", "--seq-len", "4096"])
+    assert seq.exit_code == 2 and "beyond" in seq.output
+    zero = runner.invoke(app, ["estimate", "--model", "gpt2", "--batch-size", "0"])
+    assert zero.exit_code == 2 and "batch_size" in zero.output
+    nothing = runner.invoke(app, ["estimate"])
+    assert nothing.exit_code == 2 and "--model" in nothing.output
+
+
+def test_list_models():
+    result = runner.invoke(app, ["estimate", "--list-models"])
+    assert result.exit_code == 0 and "meta-llama/Llama-3.1-8B" in result.stdout
+
+
+def test_estimate_imports_no_torch():
+    code = ("import sys; from typer.testing import CliRunner; from fnsft.cli import app; "
+            "r = CliRunner().invoke(app, ['estimate', '--model', 'meta-llama/Llama-3.1-8B', '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "assert not {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules), 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,110 @@
+"""Estimator logic: quantization storage, sharding, bad input, and the guide's memory table."""
+
+from __future__ import annotations
+
+import pytest
+
+from fnsft.errors import EstimateError, NotYetSupported
+from fnsft.estimate import build_input, estimate
+from fnsft.estimate.memory import nf4_bytes
+
+GB = 10**9
+
+
+def test_nf4_storage_is_about_4_127_bits_with_double_quant():
+    numel = 4096 * 4096
+    packed, constants = nf4_bytes(numel, double_quant=True)
+    assert 4.12 < 8 * (packed + constants) / numel < 4.14
+    packed, constants = nf4_bytes(numel, double_quant=False)
+    assert 8 * (packed + constants) / numel == pytest.approx(4.5, abs=0.001)
+
+
+def test_qlora_keeps_embeddings_and_head_unquantized():
+    result = estimate(build_input(model="meta-llama/Meta-Llama-3-8B", method="qlora"))
+    embedding_and_head = 2 * 128256 * 4096
+    assert result.weights_unquantized >= embedding_and_head * 2  # bf16
+    assert result.weights == result.weights_quantized + result.quantization_constants + result.weights_unquantized
+
+
+def test_mixtral_experts_are_not_linear_modules():
+    """transformers 5 stores experts as 3D parameters: bitsandbytes leaves them 16-bit, LoRA all-linear skips them."""
+    qlora = estimate(build_input(model="mistralai/Mixtral-8x7B-v0.1", method="qlora", seq_len=512))
+    assert qlora.weights_unquantized > 80 * GB
+
+
+def test_zero3_divides_model_states_by_gpu_count():
+    base = dict(model="meta-llama/Llama-2-7b-hf", method="full", batch_size=1, seq_len=512)
+    single = estimate(build_input(**base))
+    sharded = estimate(build_input(**base, num_gpus=8, sharding="zero3"))
+    assert sharded.weights == single.weights // 8
+    assert sharded.optimizer_states == single.optimizer_states // 8
+    assert sharded.communication > 0 and sharded.total < single.total / 3
+
+
+def test_checkpointing_cuts_activations():
+    base = dict(model="meta-llama/Llama-3.1-8B", method="lora", batch_size=4, seq_len=2048)
+    on = estimate(build_input(**base, gradient_checkpointing=True))
+    off = estimate(build_input(**base, gradient_checkpointing=False))
+    assert on.activations < off.activations / 5
+    assert on.activations_without_checkpointing == off.activations
+
+
+def test_large_vocabulary_logits_are_visible():
+    """Gemma's 256k vocabulary: b·s·V buffers dominate a small LoRA run."""
+    result = estimate(build_input(model="google/gemma-2b", method="lora", batch_size=8, seq_len=4096))
+    assert result.logits_saved == 4 * 8 * 4096 * 256000
+    assert result.logits_transient >= 2 * 8 * 4096 * 256000
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"batch_size": 0}, "batch_size"),
+    ({"seq_len": -5}, "seq_len"),
+    ({"seq_len": 5000}, "beyond"),
+    ({"lora_targets": ["nope_proj"]}, "nope_proj"),
+    ({"sharding": "zero3"}, "num-gpus"),
+    ({"method": "qlora", "precision": "fp32"}, "16-bit"),
+])
+def test_nonsense_input_is_a_clear_error(fields, message):
+    with pytest.raises(EstimateError, match=message):
+        estimate(build_input(model="meta-llama/Llama-2-7b-hf", **fields))
+
+
+def test_encoder_decoder_is_not_yet_supported():
+    with pytest.raises(NotYetSupported, match="encoder-decoder"):
+        estimate(build_input(model="google-t5/t5-small", seq_len=512))
+
+
+def test_guide_table_7b():
+    """The guide: PEFT 7B 4–8 GB with QLoRA; full 7B 32–64 GB with its memory-saving settings
+    (bf16, gradient checkpointing, 8-bit AdamW, micro-batch 1)."""
+    qlora = estimate(build_input(model="meta-llama/Llama-2-7b-hf", method="qlora", batch_size=1, seq_len=512))
+    assert 4 * GB <= qlora.total <= 8 * GB
+    full = estimate(build_input(model="meta-llama/Llama-2-7b-hf", method="full", optimizer="adamw_8bit",
+                                batch_size=1, seq_len=512))
+    assert 32 * GB <= full.total <= 64 * GB
+
+
+def test_cpu_estimate_has_process_baseline_and_no_cuda_context():
+    result = estimate(build_input(model="HuggingFaceTB/SmolLM2-135M", method="lora", device="cpu", precision="fp32",
+                                  batch_size=2, seq_len=128))
+    assert result.overhead > 0
+    assert result.total < 4 * GB
+
+
+GUIDE_RANGES_GB = {  # the guide's memory tables: recipe → (low, high) GB
+    "qlora-7b.yaml": (4, 8), "qlora-13b.yaml": (8, 12), "full-7b.yaml": (32, 64), "full-1b.yaml": (8, 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GUIDE_RANGES_GB))
+def test_shipped_recipes_fall_inside_the_guide_ranges(name):
+    from pathlib import Path
+
+    from fnsft.estimate import inputs_from_recipe
+    from fnsft.recipe.load import load_recipe
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not shipped yet")
+    low, high = GUIDE_RANGES_GB[name]
+    assert low * GB <= estimate(inputs_from_recipe(load_recipe(path))).total <= high * GB
