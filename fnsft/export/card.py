@@ -1,0 +1,195 @@
+"""Model cards and the Ollama Modelfile, generated from a run's resolved recipe and manifest.
+
+The license is inherited from the base model when it can be read locally (the base GGUF's ``general.license``,
+or the YAML header of the base model's README, on disk or in the Hub cache); it is never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from fnsft.models import ModelSource, resolve_model
+from fnsft.recipe.load import dump_recipe
+from fnsft.recipe.schema import Recipe
+from fnsft.rundir import RunDir
+
+ArtifactKind = Literal["adapter", "full", "merged", "gguf"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class BaseModelInfo(BaseModel):
+    """What the card and GGUF metadata say about the base model."""
+
+    name: str
+    hub_id: str | None = None
+    license: str | None = None
+    license_source: str | None = None
+
+
+def _license_from_readme(readme: Path | None) -> str | None:
+    if readme is None or not readme.is_file():
+        return None
+    from huggingface_hub import metadata_load
+
+    value = (metadata_load(readme) or {}).get("license")
+    return str(value) if value else None
+
+
+def _license_from_gguf(path: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.license")
+    return field.contents() if field is not None else None
+
+
+def base_model_info(recipe: Recipe) -> BaseModelInfo:
+    """Name, Hub id and license of the run's base model, read from local files only (never the network)."""
+    section = recipe.model
+    try:
+        source: ModelSource | None = resolve_model(section)
+    except Exception:  # the base may have moved since training: the card still gets its name
+        source = None
+    info = BaseModelInfo(name=section.name_or_path)
+    if source is None:
+        return info
+    if source.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        info.hub_id = section.name_or_path
+        cached = try_to_load_from_cache(section.name_or_path, "README.md", revision=section.revision)
+        info.license = _license_from_readme(Path(cached)) if isinstance(cached, str) else None
+        info.license_source = "the base model's README (Hub cache)" if info.license else None
+    elif source.kind == "gguf":
+        info.license = _license_from_gguf(Path(source.identity["file"]))
+        info.license_source = "the base GGUF's general.license" if info.license else None
+    else:
+        info.license = _license_from_readme(Path(source.load_path) / "README.md")
+        info.license_source = "the base model's README" if info.license else None
+    return info
+
+
+def _dataset_ids(recipe: Recipe) -> list[str]:
+    """Only Hub dataset ids belong in the card's ``datasets`` metadata; local files are named in the text."""
+    path = recipe.data.path
+    return [path] if HUB_ID.match(path) and not Path(path).exists() else []
+
+
+def _how_to_load(kind: ArtifactKind, repo_id: str, base: BaseModelInfo, gguf_files: list[str]) -> str:
+    base_ref = base.hub_id or base.name
+    if kind == "adapter":
+        return (
+            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")  # loads the base model {base_ref} too\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n```\n'
+        )
+    if kind == "gguf":
+        first = gguf_files[0] if gguf_files else "MODEL.gguf"
+        return (
+            f"```bash\nllama-cli -hf {repo_id}:{first.rsplit('-', 1)[-1].removesuffix('.gguf').upper()}\n"
+            f"# or, with the Modelfile in this repository:\nollama create my-model -f Modelfile\n```\n\n"
+            f"transformers can also read it: `AutoModelForCausalLM.from_pretrained(\"{repo_id}\", gguf_file=\"{first}\")`.\n"
+        )
+    return (
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n```\n'
+    )
+
+
+def _manifest_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("method", str(manifest.get("method", "?"))), ("seed", str(manifest.get("seed", "?"))),
+            ("recipe sha256", f"`{manifest.get('recipe_sha256', '?')}`")]
+    dataset = manifest.get("dataset") or {}
+    rows.append(("dataset", f"`{dataset.get('path', '?')}` (fingerprint `{dataset.get('fingerprint')}`)"))
+    packages = manifest.get("packages") or {}
+    if packages:
+        rows.append(("packages", ", ".join(f"{name} {version}" for name, version in sorted(packages.items()))))
+    for key, value in sorted((manifest.get("metrics") or {}).items()):
+        rows.append((f"metric: {key}", f"{value:.4g}" if isinstance(value, float) else str(value)))
+    memory = manifest.get("memory")
+    if memory:
+        rows.append(("memory (predicted vs measured)", ", ".join(f"{k} {v}" for k, v in memory.items())))
+    return rows
+
+
+def model_card(
+    run: RunDir,
+    kind: ArtifactKind,
+    repo_id: str,
+    *,
+    gguf_files: list[str] | None = None,
+) -> str:
+    """The README.md (YAML metadata + text) for one artifact of a finished run.
+
+    Args:
+        run: the run directory (its recipe.yaml and manifest.json are read).
+        kind: adapter, full (fully fine-tuned model), merged (LoRA merged into the base) or gguf.
+        repo_id: where it will live on the Hub, for the loading snippets.
+        gguf_files: GGUF file names, for the gguf snippets.
+
+    Returns:
+        The card text.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from fnsft.recipe.load import load_recipe
+
+    recipe = load_recipe(run.recipe)
+    manifest = json.loads(run.manifest.read_text()) if run.manifest.is_file() else {}
+    base = base_model_info(recipe)
+    method = recipe.method.name
+    data = ModelCardData(
+        base_model=base.hub_id,
+        library_name="peft" if kind == "adapter" else ("gguf" if kind == "gguf" else "transformers"),
+        license=base.license,
+        datasets=_dataset_ids(recipe) or None,
+        tags=["fnsft", method, *(["lora"] if recipe.method.is_peft and method != "lora" else []),
+              *(["gguf"] if kind == "gguf" else []), *(["merged"] if kind == "merged" else [])],
+        pipeline_tag="text-generation",
+    )
+    artifact = {"adapter": f"a {method.upper()} adapter", "full": "a fully fine-tuned model",
+                "merged": f"{method.upper()} adapter merged into its base model", "gguf": "GGUF files"}[kind]
+    lines = [
+        f"# {repo_id.split('/')[-1]}", "",
+        f"{artifact.capitalize()} of **{base.name}**, fine-tuned with fnsft ({method}).", "",
+        "## How to load", "", _how_to_load(kind, repo_id, base, gguf_files or []),
+        "## Training", "",
+        f"- base model: `{base.name}`" + (f" (license {base.license}, from {base.license_source})" if base.license
+                                            else " (license unknown: check the base model's terms)"),
+        f"- data: `{recipe.data.path}` ({recipe.data.format}, loss on {recipe.data.loss_on})", "",
+        "| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in _manifest_rows(manifest)), "",
+    ]
+    mask = manifest.get("mask")
+    if mask:
+        lines += ["## Functional-network mask", "", "Trained with an ICA functional-network mask:", "",
+                  "```json", json.dumps(mask, indent=2), "```", ""]
+    if kind == "merged" and method == "qlora":
+        lines += ["Note: the adapter was trained against the 4-bit base and merged into the full-precision base.", ""]
+    lines += ["## Recipe", "", "The resolved recipe that produced this run (`fnsft train RECIPE` reproduces it):", "",
+              "```yaml", dump_recipe(recipe).rstrip(), "```", ""]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def ollama_modelfile(gguf_name: str, tokenizer_dir: Path) -> str:
+    """An Ollama Modelfile for a GGUF written beside it.
+
+    The chat template itself is inside the GGUF (``tokenizer.chat_template``), from which Ollama derives the prompt
+    template; the Modelfile adds the end-of-turn stop token(s) so generation ends where the template says.
+    """
+    stops: list[str] = []
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        for key in ("eos_token", "eot_token"):
+            token = config.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            if isinstance(token, str) and token not in stops:
+                stops.append(token)
+    lines = [f"FROM ./{gguf_name}", "# The chat template is embedded in the GGUF (tokenizer.chat_template)."]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,392 @@
+"""Write GGUF files with the ``gguf`` package: nothing cloned, compiled or downloaded at run time.
+
+The conversion follows llama.cpp's ``convert_hf_to_gguf.py`` for the architectures listed in :data:`ARCHITECTURES`:
+HF tensor names go through gguf's own tensor name map, llama-family q/k projections get llama.cpp's rotary head
+permutation, Gemma norms are stored as ``1 + w`` (llama.cpp multiplies by the stored weight), and the tokenizer is
+written completely (tokens, token types, merges, bos/eos/unk/pad, add-bos, pre-tokenizer name, chat template).
+f32/f16/bf16/q8_0/q4_0 are produced by gguf's numpy quantizers; K-quants need llama.cpp's ``llama-quantize``
+binary, which is run on an f16 GGUF only when it is found on PATH or given explicitly.
+Tensors are streamed: the header is written from shapes alone, then each tensor is read, converted and written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fnsft.errors import ExportError, NotYetSupported
+from fnsft.export.files import ensure_free_space, staged_file
+from fnsft.export.merge import TensorEntry, read_tensor, weight_entries
+
+NUMPY_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+#: K-quants and friends: llama.cpp's quantizer only (gguf.quants has no K-quant encoder).
+LLAMA_QUANTIZE_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+QUANT_TYPES = NUMPY_TYPES + LLAMA_QUANTIZE_TYPES
+#: Block length of the numpy-quantized types: rows whose length is not a multiple fall back to f16.
+QUANT_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How one transformers ``model_type`` maps to GGUF (after llama.cpp's converter)."""
+
+    gguf_arch: str
+    permute_qk: bool = False  # llama.cpp's rotary head permutation of q_proj/k_proj
+    norm_plus_one: bool = False  # Gemma RMSNorm computes x·(1+w); llama.cpp expects the stored (1+w)
+    always_tied: bool = False  # Gemma never writes an output matrix
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama", permute_qk=True),
+    "mistral": ArchSpec("llama", permute_qk=True),  # llama.cpp stores Mistral as llama
+    "qwen2": ArchSpec("qwen2"),
+    "gemma": ArchSpec("gemma", norm_plus_one=True, always_tied=True),
+    "gemma2": ArchSpec("gemma2", norm_plus_one=True, always_tied=True),
+}
+#: Rope scaling kinds written as metadata; others (llama3, yarn, ...) need extra tensors not written yet.
+SUPPORTED_ROPE_TYPES = ("default", "linear")
+
+#: transformers' BPE pre-tokenizer regexes → llama.cpp's ``tokenizer.ggml.pre`` names (llama.cpp identifies them
+#: by hashing tokenizer output; the regex identifies the same families without running llama.cpp's table).
+PRE_TOKENIZER_REGEXES = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
+def supported_architectures() -> str:
+    return ", ".join(sorted(ARCHITECTURES))
+
+
+def check_exportable(config: Any, quant_types: list[str], llama_quantize: str | None = None) -> None:
+    """Fail fast, before any merge work, on an architecture, rope scaling or quant type GGUF export cannot do."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ExportError(
+            f"GGUF export does not support the '{model_type}' architecture; supported: {supported_architectures()}"
+        )
+    rope = _rope_parameters(config)
+    if rope.get("rope_type", "default") not in SUPPORTED_ROPE_TYPES:
+        raise NotYetSupported(
+            f"GGUF export of rope scaling '{rope.get('rope_type')}' is not supported yet "
+            f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+        )
+    for qtype in quant_types:
+        if qtype not in QUANT_TYPES:
+            raise ExportError(f"unknown GGUF type '{qtype}'; choose from {', '.join(QUANT_TYPES)}")
+        if qtype in LLAMA_QUANTIZE_TYPES:
+            find_llama_quantize(llama_quantize)
+
+
+def find_llama_quantize(explicit: str | None) -> Path:
+    """The ``llama-quantize`` binary: the given path, else PATH. Never downloaded or compiled."""
+    found = explicit if explicit and Path(explicit).is_file() else shutil.which(explicit or "llama-quantize")
+    if not found:
+        raise ExportError(
+            "K-quant GGUF types (q4_k_m, q5_k_m, ...) need llama.cpp's `llama-quantize`, which was not found "
+            f"{'at ' + explicit if explicit else 'on PATH'}. Install llama.cpp (e.g. `brew install llama.cpp` or a "
+            "release from github.com/ggml-org/llama.cpp) and pass --llama-quantize PATH, or use q8_0/q4_0, which "
+            "fnsft writes itself. fnsft never downloads or compiles it for you."
+        )
+    return Path(found)
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    """transformers 5 keeps rope settings in ``rope_parameters``; older configs in rope_theta/rope_scaling."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if not params:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params["type"]
+    return params
+
+
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def permute_qk(weights, n_head: int, n_head_kv: int | None):
+    """llama.cpp's rotary permutation (``LlamaModel.permute``): HF's half-split rope → interleaved pairs."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _tensor_type(gguf_name: str, shape: tuple[int, ...], qtype: str):
+    """The GGML type one tensor is stored in for the requested file type (1-D tensors always f32)."""
+    from gguf import GGMLQuantizationType as T
+
+    if len(shape) < 2 or qtype == "f32":
+        return T.F32
+    if qtype == "f16":
+        return T.F16
+    if qtype == "bf16":
+        return T.BF16
+    if shape[-1] % QUANT_BLOCK:
+        return T.F16  # llama.cpp's fallback for rows the block quantizers cannot split
+    if qtype == "q4_0" and gguf_name in ("token_embd.weight", "output.weight"):
+        return T.Q8_0  # the most sensitive matrices stay 8-bit (llama.cpp uses a higher type there too)
+    return T.Q8_0 if qtype == "q8_0" else T.Q4_0
+
+
+def _file_type(qtype: str) -> int:
+    from gguf import LlamaFileType as F
+
+    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
+            "q4_0": F.MOSTLY_Q4_0}[qtype]
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    entry: TensorEntry
+    gguf_name: str
+    shape: tuple[int, ...]
+    ggml_type: Any
+
+
+def plan_tensors(model_dir: Path, config: Any, qtype: str) -> list[PlannedTensor]:
+    """Map every HF tensor to its GGUF name and type; tensors llama.cpp does not use are dropped."""
+    import gguf
+    from safetensors import safe_open
+
+    spec = ARCHITECTURES[config.model_type]
+    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == spec.gguf_arch)
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    tied = spec.always_tied or bool(getattr(config, "tie_word_embeddings", False))
+    planned = []
+    for entry in weight_entries(model_dir):
+        if entry.name.endswith("rotary_emb.inv_freq") or (tied and entry.name == "lm_head.weight"):
+            continue
+        gguf_name = name_map.get_name(entry.name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(f"{entry.name}: no GGUF name for this tensor of a {config.model_type} model")
+        with safe_open(str(entry.file), framework="pt") as handle:
+            shape = tuple(handle.get_slice(entry.name).get_shape())
+        planned.append(PlannedTensor(entry, gguf_name, shape, _tensor_type(gguf_name, shape, qtype)))
+    return planned
+
+
+def _converted(planned: PlannedTensor, config: Any):
+    """Read one tensor and apply the architecture's transforms and the target quantization."""
+    import numpy as np
+    import torch
+    from gguf import quants
+
+    spec = ARCHITECTURES[config.model_type]
+    data = read_tensor(planned.entry).to(torch.float32).numpy()
+    if spec.permute_qk and planned.entry.name.endswith("q_proj.weight"):
+        data = permute_qk(data, config.num_attention_heads, config.num_attention_heads)
+    elif spec.permute_qk and planned.entry.name.endswith("k_proj.weight"):
+        data = permute_qk(data, config.num_attention_heads, config.num_key_value_heads)
+    if spec.norm_plus_one and planned.entry.name.endswith("norm.weight"):
+        data = data + 1
+    return quants.quantize(np.ascontiguousarray(data, dtype=np.float32), planned.ggml_type)
+
+
+def _byte_size(planned: PlannedTensor) -> int:
+    from gguf import quants
+
+    count = 1
+    for dim in quants.quant_shape_to_byte_shape(planned.shape, planned.ggml_type):
+        count *= dim
+    return count
+
+
+@dataclass
+class TokenizerInfo:
+    """What GGUF needs about the tokenizer."""
+
+    model: str
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    notes: list[str]
+
+
+def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str | None:
+    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer.json, or None when not recognised."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    if kinds and kinds[0] == "Split":
+        return PRE_TOKENIZER_REGEXES.get((steps[0].get("pattern") or {}).get("Regex", ""))
+    return None
+
+
+def tokenizer_info(model_dir: Path, vocab_size: int, pre_hint: str | None) -> TokenizerInfo:
+    """Tokens and token types as llama.cpp's ``get_vocab_base`` writes them (padded to the model's vocab size)."""
+    from gguf import TokenType
+    from transformers import AutoTokenizer
+
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise NotYetSupported(f"{model_dir}: GGUF export needs a fast tokenizer (tokenizer.json); none found")
+    tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    model = tokenizer_json.get("model", {})
+    decoder_type = (tokenizer_json.get("decoder") or {}).get("type")
+    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder_type != "ByteLevel":
+        raise NotYetSupported(
+            "GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3) for now; this "
+            f"tokenizer is {model.get('type')} with byte_fallback={model.get('byte_fallback')} (SentencePiece-style "
+            "vocabularies such as Llama 2, Mistral v0.1 or Gemma are not written yet)"
+        )
+    notes: list[str] = []
+    pre = pre_hint or detect_pre_tokenizer(tokenizer_json)
+    if pre is None:
+        pre = "default"
+        notes.append("pre-tokenizer not recognised: wrote tokenizer.ggml.pre='default' (llama.cpp may split text "
+                     "differently from transformers)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    by_id = {index: text for text, index in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for index in range(vocab_size):
+        if index not in by_id:
+            tokens.append(f"[PAD{index}]")
+            types.append(TokenType.UNUSED)
+        elif index in added:
+            tokens.append(by_id[index])
+            types.append(TokenType.CONTROL if added[index].special else TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[index])
+            types.append(TokenType.NORMAL)
+    if len(by_id) > vocab_size:
+        raise ExportError(f"the tokenizer has {len(by_id)} tokens but the model only {vocab_size} embeddings")
+    return TokenizerInfo("gpt2", pre, tokens, [int(t) for t in types], notes)
+
+
+def _write_hparams(writer: Any, config: Any) -> None:
+    spec = ARCHITECTURES[config.model_type]
+    rope = _rope_parameters(config)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    writer.add_vocab_size(config.vocab_size)
+    head_dim = _head_dim(config)
+    if spec.gguf_arch == "llama":
+        writer.add_rope_dimension_count(head_dim)
+    if spec.gguf_arch.startswith("gemma") or head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if rope.get("rope_type") == "linear":
+        from gguf import RopeScalingType
+
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    if spec.gguf_arch == "gemma2":
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+        writer.add_sliding_window(config.sliding_window)
+
+
+@dataclass
+class GgufMetadata:
+    """Descriptive ``general.*`` fields."""
+
+    name: str
+    base_model: str | None = None
+    license: str | None = None
+    tags: tuple[str, ...] = ()
+    tokenizer_pre: str | None = None  # from the base GGUF when the run started from one
+
+
+def estimate_gguf_bytes(model_dir: Path, config: Any, qtype: str) -> int:
+    """Tensor bytes of the GGUF file for ``qtype`` (K-quants estimated by their f16 intermediate)."""
+    planned = plan_tensors(model_dir, config, "f16" if qtype in LLAMA_QUANTIZE_TYPES else qtype)
+    return sum(_byte_size(p) for p in planned)
+
+
+def write_gguf(model_dir: Path, target: Path, qtype: str, metadata: GgufMetadata) -> list[str]:
+    """Write ``model_dir`` (HF safetensors model + tokenizer) as a GGUF file of type ``qtype`` at ``target``.
+
+    Args:
+        model_dir: merged or fully fine-tuned model directory.
+        target: the .gguf file to write (replaced atomically).
+        qtype: one of :data:`NUMPY_TYPES`.
+        metadata: general.* metadata.
+
+    Returns:
+        Notes for the user (e.g. an unrecognised pre-tokenizer), empty when nothing needs saying.
+    """
+    import gguf
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    check_exportable(config, [qtype])
+    if qtype not in NUMPY_TYPES:
+        raise ExportError(f"write_gguf writes {', '.join(NUMPY_TYPES)}; '{qtype}' goes through llama-quantize")
+    planned = plan_tensors(model_dir, config, qtype)
+    tokenizer = tokenizer_info(model_dir, config.vocab_size, metadata.tokenizer_pre)
+    ensure_free_space(target.parent, sum(_byte_size(p) for p in planned), f"the GGUF file {target.name}")
+    with staged_file(target) as staging:
+        writer = gguf.GGUFWriter(str(staging), ARCHITECTURES[config.model_type].gguf_arch)
+        try:
+            writer.add_type(gguf.GGUFType.MODEL)
+            writer.add_name(metadata.name)
+            if metadata.license:
+                writer.add_license(metadata.license)
+            if metadata.base_model:
+                writer.add_base_model_count(1)
+                writer.add_base_model_name(0, metadata.base_model)
+            if metadata.tags:
+                writer.add_tags(list(metadata.tags))
+            _write_hparams(writer, config)
+            writer.add_file_type(_file_type(qtype))
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_tokenizer_model(tokenizer.model)
+            writer.add_tokenizer_pre(tokenizer.pre)
+            writer.add_token_list(tokenizer.tokens)
+            writer.add_token_types(tokenizer.token_types)
+            gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokenizer.tokens)).add_to_gguf(writer, quiet=True)
+            for item in planned:
+                writer.add_tensor_info(item.gguf_name, _byte_shape(item), _np_uint8(), _byte_size(item),
+                                       raw_dtype=item.ggml_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for item in planned:
+                writer.write_tensor_data(_converted(item, config).view(_np_uint8()))
+        finally:
+            writer.close()
+    return tokenizer.notes
+
+
+def _byte_shape(planned: PlannedTensor) -> tuple[int, ...]:
+    from gguf import quants
+
+    return tuple(quants.quant_shape_to_byte_shape(planned.shape, planned.ggml_type))
+
+
+def _np_uint8():
+    import numpy as np
+
+    return np.dtype(np.uint8)
+
+
+def quantize_with_llama_cpp(binary: Path, source: Path, target: Path, qtype: str) -> None:
+    """Run ``llama-quantize source target QTYPE`` (atomically onto ``target``); its stderr becomes the error."""
+    with staged_file(target) as staging:
+        result = subprocess.run(
+            [str(binary), str(source), str(staging), qtype.upper()], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise ExportError(f"llama-quantize failed for {qtype} (exit {result.returncode}): {' | '.join(tail)}")

@@ -1,0 +1,33 @@
+"""Fixtures for the export/push tests; the run-directory builder itself is in export_runs.py."""
+
+from __future__ import annotations
+
+import pytest
+from export_runs import RunDir, build_small_vocab_model, make_run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_run_factory(tiny_model_factory, tmp_path_factory):
+    """Call with an architecture name to get a LoRA run directory on that tiny model (built once per session)."""
+    cache: dict[str, RunDir] = {}
+
+    def make(arch: str = "llama") -> RunDir:
+        if arch not in cache:
+            cache[arch] = make_run_dir(tmp_path_factory.mktemp(f"run-{arch}"), tiny_model_factory(arch))
+        return cache[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_run_factory(tmp_path_factory):
+    """Call with 'llama' | 'qwen2' | 'gemma' | 'gemma2' → (LoRA run, base dir) on a small-vocabulary tiny model."""
+    cache: dict[str, tuple[RunDir, object]] = {}
+
+    def make(arch: str = "llama"):
+        if arch not in cache:
+            base = build_small_vocab_model(arch, tmp_path_factory.mktemp(f"small-{arch}") / "base")
+            cache[arch] = (make_run_dir(tmp_path_factory.mktemp(f"small-run-{arch}") / "run", base), base)
+        return cache[arch]
+
+    return make
