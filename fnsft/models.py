@@ -169,9 +169,13 @@ def load_tokenizer(source: ModelSource, section: ModelSection):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            pretrained_path(source), revision=source.revision, trust_remote_code=section.trust_remote_code
-        )
+        if source.kind == "gguf" and not (gguf_cache_dir(source) / "config.json").is_file():
+            gguf_file = Path(source.identity["file"])  # read it from the GGUF: no need to dequantize weights yet
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_path(source), revision=source.revision, trust_remote_code=section.trust_remote_code
+            )
     except (OSError, ValueError) as exc:
         raise ModelError(f"{section.name_or_path}: cannot load the tokenizer: {first_line(exc)}") from None
     if tokenizer.pad_token is None:

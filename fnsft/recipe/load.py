@@ -221,11 +221,27 @@ def load_recipe(
     return validate(data, source, raw=raw)
 
 
+def yaml_float(value: float) -> str:
+    """A float spelled so YAML 1.1 readers (PyYAML) also see a float: 5e-05 → 5.0e-05."""
+    text = repr(float(value))
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _represent_float(representer, value: float):
+    if value != value or value in (float("inf"), float("-inf")):
+        return representer.represent_float(value)
+    return representer.represent_scalar("tag:yaml.org,2002:float", yaml_float(value))
+
+
 def dump_recipe(recipe: Recipe) -> str:
     """YAML text of a recipe (block style, keys in schema order)."""
     out = io.StringIO()
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]  # keep schema order
+    yaml.representer.add_representer(float, _represent_float)
     yaml.dump(recipe.to_dict(), out)
     return out.getvalue()

@@ -128,6 +128,13 @@ class OutputSection(Section):
     run_name: str | None = None
 
 
+class EvaluationSection(Section):
+    exact_match_samples: int = Field(
+        0, ge=0, description="Held-out conversations to answer greedily before and after training (exact-match accuracy)."
+    )
+    max_new_tokens: PositiveInt = Field(32, description="Generation budget per answer for the exact-match check.")
+
+
 class MaskSection(Section):
     """Training-time ICA functional-network mask (see `fnsft mask`)."""
 
@@ -141,7 +148,9 @@ class MaskSection(Section):
         "lesion", description="lesion: zero the selected neurons; preserve: zero all others. Aliases: key, complement."
     )
     components: list[int] | Literal["all"] = Field(default_factory=lambda: [0], description="Component ids, or all.")
-    layers: str | None = Field(None, description="Layers to mask ('all', '0-3,8', '-4--1'); default: the mask's layers.")
+    layers: str | list[int] | None = Field(
+        None, description="Layers to mask ('all', '0-3,8', '-4--1' or a list of ids); default: the mask's layers."
+    )
     freeze_masked_rows: bool = Field(
         True, description="Keep the masked channels' down-projection rows unchanged (base weight or LoRA B)."
     )
@@ -171,6 +180,7 @@ class Recipe(Section):
     method: MethodSection = Field(default_factory=MethodSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     mask: MaskSection | None = None
     distributed: DistributedSection = Field(default_factory=DistributedSection)
 

@@ -1,0 +1,82 @@
+"""Trainer callbacks: a rich progress bar with live loss, and peak-memory measurement."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+from fnsft.console import err
+
+
+class RichProgressCallback(TrainerCallback):
+    """One bar for optimizer steps showing the latest loss and learning rate."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task = None
+        self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress(
+            TextColumn("[bold]training[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, stats=self._stats())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss", "learning_rate"):
+            if logs and key in logs:
+                self.last[key] = logs[key]
+        if self.progress is not None:
+            self.progress.update(self.task, stats=self._stats())
+
+    def _stats(self) -> str:
+        parts = []
+        if "loss" in self.last:
+            parts.append(f"loss {self.last['loss']:.4f}")
+        if "eval_loss" in self.last:
+            parts.append(f"eval {self.last['eval_loss']:.4f}")
+        if "learning_rate" in self.last:
+            parts.append(f"lr {self.last['learning_rate']:.2e}")
+        return "  ".join(parts)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def peak_rss_bytes() -> int:
+    """Whole-process peak resident set size (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def measured_peak_memory() -> dict[str, int | str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {
+            "device": "cuda",
+            "max_memory_allocated": int(torch.cuda.max_memory_allocated()),
+            "max_memory_reserved": int(torch.cuda.max_memory_reserved()),
+            "peak_rss": peak_rss_bytes(),
+        }
+    return {"device": "cpu", "peak_rss": peak_rss_bytes()}

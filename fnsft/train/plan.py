@@ -1,0 +1,43 @@
+"""`fnsft train --dry-run`: resolve and validate the whole run without loading weights."""
+
+from __future__ import annotations
+
+from fnsft.console import out
+from fnsft.recipe.load import dump_recipe
+from fnsft.recipe.schema import Recipe
+from fnsft.rundir import RunDir
+
+
+def dry_run(recipe: Recipe) -> None:
+    """Model config, dataset format on the first rows, chat template and output dir, then the resolved recipe."""
+    from rich.table import Table
+
+    from fnsft.data.prepare import preview
+    from fnsft.data.templates import configure_template, tokenize_conversation
+    from fnsft.models import load_config, load_tokenizer, resolve_model
+    from fnsft.train import outdir
+    from fnsft.train.quiet import quiet_libraries
+
+    quiet_libraries()
+    source = resolve_model(recipe.model)
+    config = load_config(source, recipe.model)
+    detection, raw, sample = preview(recipe.data)
+    checks = Table(title="fnsft train --dry-run", show_header=False)
+    checks.add_row("model", f"{recipe.model.name_or_path} ({source.kind}, {config.model_type}, "
+                   f"{config.num_hidden_layers} layers, hidden {config.hidden_size})")
+    checks.add_row("data", f"{raw.source}: {len(raw.train)} rows, format {detection.format} ({detection.reason})")
+    tokenizer = load_tokenizer(source, recipe.model)
+    if "messages" in sample[0]:
+        template = configure_template(tokenizer, recipe.data.chat_template)
+        tokens = tokenize_conversation(tokenizer, sample[0]["messages"])
+        checks.add_row("template", f"{template}: first row {len(tokens.input_ids)} tokens, "
+                       f"{sum(tokens.assistant_masks)} of them trained on")
+    run = RunDir.at(recipe.output.dir)
+    state = "new" if not run.root.exists() or not any(run.root.iterdir()) else "exists"
+    if state == "exists":
+        latest = outdir.latest_complete_checkpoint(run)
+        state += f" (resume point: {latest.name})" if latest else " (no checkpoint)"
+    checks.add_row("output", f"{run.root} [{state}]")
+    out.print(checks)
+    out.print(dump_recipe(recipe), highlight=False)
+

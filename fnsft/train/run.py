@@ -1,0 +1,239 @@
+"""`fnsft train`: recipe → run directory, with TRL's SFTTrainer doing the training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fnsft.atomic import atomic_write_json
+from fnsft.console import err, out
+from fnsft.errors import FnsftError
+from fnsft.recipe.schema import Recipe
+from fnsft.rundir import RunDir
+from fnsft.train import outdir
+from fnsft.train.quiet import quiet_libraries
+
+
+@dataclass
+class RunResult:
+    run: RunDir
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _info(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+def weights_sha256(directory: Path) -> str:
+    """Hash of the saved weight files (safetensors output is deterministic for identical tensors)."""
+    digest = hashlib.sha256()
+    for file in sorted(directory.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_final(trainer: Any, tokenizer: Any, target: Path) -> None:
+    """Save the adapter (PEFT) or the whole model (full) into a temp dir, then rename into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _predicted_memory(recipe: Recipe) -> dict[str, Any] | None:
+    """The estimator's prediction for this run (None where the model shape is unknown to it)."""
+    from fnsft.estimate import estimate, inputs_from_recipe
+    from fnsft.train.build import cuda_available
+
+    try:
+        breakdown = estimate(inputs_from_recipe(recipe, device="cuda" if cuda_available() else "cpu"))
+    except FnsftError as exc:
+        _warn(f"memory estimate unavailable: {exc}")
+        return None
+    return {"total_bytes": breakdown.total, "breakdown": breakdown.model_dump(mode="json")}
+
+
+def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
+    started = time.time()
+    run = RunDir.at(recipe.output.dir)
+    fresh = not run.root.exists()
+    checkpoint = outdir.prepare_output_dir(run, recipe, resume, _warn)
+    try:
+        with outdir.RunLock(run):
+            return _train_locked(recipe, run, checkpoint, started)
+    except FnsftError:
+        if fresh and not outdir.checkpoints(run):
+            shutil.rmtree(run.root, ignore_errors=True)  # bad input found before training: leave nothing behind
+        raise
+
+
+def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started: float) -> RunResult:
+    quiet_libraries()
+    import torch
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from fnsft.data.prepare import prepare_datasets
+    from fnsft.models import load_causal_lm, load_config, load_tokenizer, resolve_model
+    from fnsft.train.build import lora_config, quantization_config, resolve_precision, sft_config, torch_dtype
+    from fnsft.train.callbacks import RichProgressCallback, measured_peak_memory
+    from fnsft.train.evaluate import exact_match
+
+    torch.manual_seed(recipe.training.seed)
+    source = resolve_model(recipe.model)
+    if recipe.model.trust_remote_code:
+        _warn(f"trust_remote_code is on: code from {recipe.model.name_or_path} will run on this machine")
+    _info(f"[bold]model[/] {recipe.model.name_or_path} ({source.kind})   [bold]method[/] {recipe.method.name}")
+    tokenizer = load_tokenizer(source, recipe.model)
+    data = prepare_datasets(recipe.data, tokenizer, recipe.training.seed)
+    eval_rows = len(data.eval) if data.eval is not None else 0
+    _info(
+        f"[bold]data[/] {recipe.data.path}: {data.format} ({data.detection}); "
+        f"{data.num_train} train / {eval_rows} eval rows; chat template: {data.template}"
+    )
+    precision = resolve_precision(recipe.training.precision)
+    weights_dtype = precision if recipe.model.dtype == "auto" else recipe.model.dtype
+    model = load_causal_lm(
+        source, recipe.model, dtype=torch_dtype(weights_dtype), quantization_config=quantization_config(recipe, precision)
+    )
+    architecture = getattr(load_config(source, recipe.model), "model_type", None) if source.kind != "gguf" else model.config.model_type
+    mask_handle = _attach_mask(model, recipe, source.identity)
+
+    report_to = [target for target in recipe.output.report_to if target != "none"] or ["none"]
+    progress = RichProgressCallback()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(recipe, run.checkpoints, precision, has_eval=data.eval is not None, callbacks_report=report_to),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe),
+        callbacks=[progress],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    _info(f"[bold]parameters[/] {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)   precision {precision}")
+
+    if checkpoint is None:
+        outdir.write_recipe(run, recipe)  # only now: everything the user gave has been read and checked
+    metrics = _read_metrics(run) if checkpoint is not None else {}
+    n_exact = min(recipe.evaluation.exact_match_samples, len(data.eval_conversations))
+    probe = data.eval_conversations[:n_exact]
+    if checkpoint is None:
+        if data.eval is not None:
+            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        if probe:
+            before = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
+            metrics["exact_match_before"] = before.accuracy
+        atomic_write_json(run.metrics, metrics)  # kept for a resumed run's before/after report
+    else:
+        _info(f"resuming from {checkpoint.name}")
+
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        progress.stop()
+    metrics["train_loss"] = train_output.training_loss
+    metrics["global_step"] = trainer.state.global_step
+    if data.eval is not None:
+        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    if probe:
+        after = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
+        metrics["exact_match_after"] = after.accuracy
+        metrics["exact_match_samples"] = after.total
+        metrics["exact_match_examples"] = after.examples[:10]
+    metrics["log_history"] = trainer.state.log_history
+
+    target = run.adapter if recipe.method.is_peft else run.model
+    if mask_handle is not None:
+        mask_handle.remove()
+    _save_final(trainer, tokenizer, target)
+    atomic_write_json(run.metrics, metrics)
+
+    from fnsft.manifest import build_manifest, write_manifest
+
+    memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe)}
+    manifest = build_manifest(
+        recipe,
+        model_identity=source.identity,
+        architecture=architecture,
+        dataset={"path": recipe.data.path, "format": data.format, "fingerprint": data.fingerprint,
+                 "train_rows": data.num_train, "eval_rows": eval_rows},
+        metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
+        memory=memory,
+        started=started,
+        tokens_seen=_tokens_seen(trainer, data.train),
+        weights_sha256=weights_sha256(target),
+        mask=mask_handle.provenance if mask_handle is not None else None,
+    )
+    write_manifest(run, manifest)
+    _print_summary(run, target, metrics)
+    return RunResult(run, metrics, manifest)
+
+
+def _attach_mask(model: Any, recipe: Recipe, identity: dict) -> Any:
+    if recipe.mask is None:
+        return None
+    from fnsft.mask.apply import attach_training_masks
+
+    handle = attach_training_masks(model, recipe.mask, identity)
+    _info(f"[bold]mask[/] {recipe.mask.path}: {recipe.mask.mode} components {recipe.mask.components}")
+    return handle
+
+
+def _tokens_seen(trainer: Any, dataset: Any) -> int | None:
+    """Non-padding tokens processed: tokens per epoch × epochs completed (fractional at max_steps)."""
+    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
+    epochs = trainer.state.epoch or 0
+    return int(per_epoch * epochs)
+
+
+def _read_metrics(run: RunDir) -> dict[str, Any]:
+    try:
+        return json.loads(run.metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _print_summary(run: RunDir, target: Path, metrics: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="fnsft train: done", show_header=True)
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    if "eval_loss_after" in metrics:
+        before = metrics.get("eval_loss_before")
+        table.add_row("eval loss", f"{before:.4f}" if before is not None else "-", f"{metrics['eval_loss_after']:.4f}")
+    if "exact_match_after" in metrics:
+        before = metrics.get("exact_match_before")
+        n = metrics["exact_match_samples"]
+        table.add_row(
+            f"answer accuracy ({n} held-out)", f"{before:.1%}" if before is not None else "-", f"{metrics['exact_match_after']:.1%}"
+        )
+    out.print(table)
+    out.print(f"{'adapter' if target.name == 'adapter' else 'model'}: {target}")
+    out.print(f"manifest: {run.manifest}")
+    out.print(f"metrics:  {run.metrics}")

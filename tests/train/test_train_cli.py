@@ -1,0 +1,137 @@
+"""`fnsft train` end to end on a tiny model: LoRA, full, QLoRA, the guide's flags, dry-run, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fnsft.cli import app
+from fnsft.commands.train import join_multi_value_flags
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, join_multi_value_flags([str(a) for a in args]))
+
+
+def test_lora_run_writes_adapter_manifest_metrics(tiny_recipe, tmp_path):
+    result = invoke("train", tiny_recipe())
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (run / "model").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["method"] == "lora"
+    assert manifest["dataset"]["fingerprint"].startswith("sha256:")
+    assert manifest["memory"]["measured"]["peak_rss"] > 0
+    assert len(manifest["weights_sha256"]) == 64
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
+    assert "lm_head" not in adapter_config["target_modules"]
+
+
+def test_guide_full_finetuning_command(tiny_llama_dir, alpaca_file, tmp_path):
+    out = tmp_path / "full"
+    result = invoke(
+        "train", "--model_name_or_path", tiny_llama_dir, "--dataset_name_or_path", alpaca_file,
+        "--output_dir", out, "--no_peft", "--num_train_epochs", "1", "--per_device_train_batch_size", "2",
+        "--learning_rate", "5e-5", "--no-gradient-checkpointing", "--max_steps", "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "model" / "model.safetensors").is_file()
+    recipe = (out / "recipe.yaml").read_text()
+    assert "name: full" in recipe and "learning_rate: 5.0e-05" in recipe
+
+
+def test_guide_peft_flags_hyphen_and_underscore(tiny_llama_dir, alpaca_file, tmp_path):
+    out = tmp_path / "peft"
+    result = invoke(
+        "train", "--model-name-or-path", tiny_llama_dir, "--dataset_name_or_path", alpaca_file, "--output-dir", out,
+        "--lora_r", "8", "--lora-target-modules", "q_proj", "k_proj", "v_proj", "o_proj", "--warmup_ratio", "0.1",
+        "--weight-decay", "0.01", "--gradient_accumulation_steps", "2", "--max-steps", "2", "--gradient_checkpointing",
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
+def test_qlora_4bit_on_cpu(tiny_recipe, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    result = invoke("train", tiny_recipe(), "--use_4bit", "--max_steps", "2")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["method"] == "qlora"
+
+
+def test_dry_run_loads_no_weights_and_prints_recipe(tiny_recipe, tmp_path):
+    result = invoke("train", tiny_recipe(), "--dry-run", "--learning_rate", "3e-4")
+    assert result.exit_code == 0, result.output
+    assert "alpaca" in result.output and "learning_rate: 0.0003" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_override_and_recipe_flag_override(tiny_recipe, tmp_path):
+    result = invoke("train", tiny_recipe(), "--dry-run", "--set", "training.lr_scheduler_type=linear", "--lora_r", "4")
+    assert result.exit_code == 0, result.output
+    assert "lr_scheduler_type: linear" in result.output and "r: 4" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        (["--set", "training.lerning_rate=1"], "did you mean 'learning_rate'"),
+        (["--set", "data.path=/nonexistent/x.jsonl"], "dataset file not found"),
+        (["--set", "model.name_or_path=/nonexistent/model"], "model not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tiny_recipe, extra_args, message):
+    result = invoke("train", tiny_recipe(), *extra_args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_rows_and_formats(tiny_recipe, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    result = invoke("train", tiny_recipe(), "--dataset_name_or_path", bad)
+    assert result.exit_code == 2 and "bad.jsonl:2 (row 2): missing field 'output'" in result.output
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"question": "a", "answer": "b"}\n')
+    result = invoke("train", tiny_recipe(), "--dataset_name_or_path", odd)
+    assert result.exit_code == 2 and "cannot detect the dataset format" in result.output
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_output_dir_holding_another_run_is_refused(tiny_recipe, tmp_path):
+    assert invoke("train", tiny_recipe(), "--max_steps", "2").exit_code == 0
+    result = invoke("train", tiny_recipe(), "--max_steps", "2", "--seed", "7")
+    assert result.exit_code == 2 and "holds a different run" in result.output
+    again = invoke("train", tiny_recipe(), "--max_steps", "2")
+    assert again.exit_code == 2 and "already finished" in again.output
+
+
+def test_foreign_nonempty_output_dir_is_refused(tiny_recipe, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep me")
+    result = invoke("train", tiny_recipe())
+    assert result.exit_code == 2 and "holds no fnsft run" in result.output
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
+
+
+def test_pickle_only_model_is_refused(tiny_recipe, tmp_path, tiny_llama_dir):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_llama_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"not really")
+    result = invoke("train", tiny_recipe(), "--model_name_or_path", pickled)
+    assert result.exit_code == 2 and "pickle" in result.output
