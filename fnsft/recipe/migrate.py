@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from ruamel.yaml.comments import CommentedMap
 
 from fnsft.errors import EstimateError, RecipeError
@@ -87,8 +87,6 @@ class Change(BaseModel):
 
 class Migration(BaseModel):
     """The migrated recipe, the changes that produced it and any warnings (e.g. lr outside the guide's range)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     source_method: str
     target_method: str
@@ -403,7 +401,7 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
     if "version" not in root:
         roundtrip.insert_key(root, "version", CURRENT_VERSION, order([]))
         roundtrip.set_eol_comment(root, "version", "added: recipe schema version")
-    comments: dict[tuple[int, str], tuple[CommentedMap, str, list[str]]] = {}
+    comments: dict[tuple[int, str], tuple[CommentedMap, str, list[str], int]] = {}
     removals = []
     for change in changes:
         *parents, leaf = change.path.split(".")
@@ -420,7 +418,7 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
             node[leaf] = value
         else:
             roundtrip.insert_key(node, leaf, value, order(parents))
-        comments.setdefault((id(node), leaf), (node, leaf, []))[2].append(change.comment())
+        comments.setdefault((id(node), leaf), (node, leaf, [], 2 * len(parents)))[2].append(change.comment())
     for change in removals:
         *parents, leaf = change.path.split(".")
         node = get_path(root, ".".join(parents)) if parents else root
@@ -429,10 +427,11 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
         roundtrip.delete_key(node, leaf)
         if len(node):
             anchor = next(iter(node))
-            comments.setdefault((id(node), anchor), (node, anchor, []))[2].append(f"removed {leaf}: {change.reason}")
-    for node, key, notes in comments.values():
+            entry = comments.setdefault((id(node), anchor), (node, anchor, [], 2 * len(parents)))
+            entry[2].append(f"removed {leaf}: {change.reason}")
+    for node, key, notes, indent in comments.values():
         node.fa.set_block_style()  # a comment cannot end a line inside {a: 1, b: 2}
-        roundtrip.set_eol_comment(node, key, "; ".join(notes))
+        roundtrip.set_eol_comment(node, key, "; ".join(notes), indent)
     roundtrip.set_header(root, header)
     return root
 
@@ -593,8 +592,6 @@ def _fitted(recipe: Recipe, updates: dict[str, Any], used: list[tuple[str, Any, 
 
 class FileMigration(BaseModel):
     """A migrated or upgraded recipe file: the new text, what changed and why, ready to write or diff."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     source: str
     original_text: str

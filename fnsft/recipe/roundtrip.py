@@ -8,6 +8,7 @@ comment into the key's own end-of-line part and the "following" lines, and keep 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Iterable
@@ -74,13 +75,16 @@ def eol_comment(node: CommentedMap, key: Any) -> str | None:
     return split_comment(token.value)[0] if token else None
 
 
-def set_eol_comment(node: CommentedMap, key: Any, note: str) -> None:
-    """Put ``note`` at the end of ``key``'s line, keeping the user's own comment after it."""
+def set_eol_comment(node: CommentedMap, key: Any, note: str, indent: int = 0) -> None:
+    """Put ``note`` at the end of ``key``'s line, keeping the user's own comment after it.
+
+    ``indent`` is the key's column, used to place the comment of a key that was not read from a file.
+    """
     token = _token(node, key, 2)
     eol, following = split_comment(token.value) if token else (None, "")
     if eol and not GENERATED_COMMENT.match(eol):
         note = f"{note}  # {eol}"
-    column = token.column if token and eol is not None else _eol_column(node, key)
+    column = token.column if token and eol is not None else _eol_column(node, key, indent)
     _set_token(node, key, 2, f"# {note}\n{following}", column)
 
 
@@ -98,13 +102,11 @@ def strip_generated_comments(node: Any) -> None:
         _set_token(node, key, slot, (f"# {user}\n" if user else "\n") + following, token.column)
 
 
-def _eol_column(node: CommentedMap, key: Any) -> int:
-    try:
-        line_start = node.lc.key(key)[1]
-    except (KeyError, TypeError, AttributeError):
-        return EOL_COLUMN
-    value_text = dump_value(node[key])
-    return max(EOL_COLUMN, line_start + len(str(key)) + 2 + len(value_text) + 2)
+def _eol_column(node: CommentedMap, key: Any, indent: int) -> int:
+    """Line up generated comments at EOL_COLUMN, or two spaces after a longer line."""
+    with contextlib.suppress(KeyError, TypeError, AttributeError):  # a key added in memory: the caller's indent
+        indent = node.lc.key(key)[1]
+    return max(EOL_COLUMN, indent + len(str(key)) + 2 + len(dump_value(node[key])) + 2)
 
 
 def dump_value(value: Any) -> str:

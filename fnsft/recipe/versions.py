@@ -309,12 +309,13 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
         old = sources[dotted]
         if commented and old not in carried:  # comment lines above the old key go above its first new key
             carried.add(old)
-            roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(flat, old), indent=2 * (len(keys) - 1))
+            roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(flat, old), 2 * (len(keys) - 1))
         own = roundtrip.eol_comment(flat, old) if commented else None
+        indent = 2 * (len(keys) - 1)
         if old != keys[-1]:
-            roundtrip.set_eol_comment(node, keys[-1], f"upgraded from {old}" + (f"  # {own}" if own else ""))
+            roundtrip.set_eol_comment(node, keys[-1], f"upgraded from {old}" + (f"  # {own}" if own else ""), indent)
         elif own:
-            roundtrip.set_eol_comment(node, keys[-1], own)
+            roundtrip.set_eol_comment(node, keys[-1], own, indent)
     return root
 
 
