@@ -70,6 +70,9 @@ def train(
     trust_remote_code: bool | None = _flag("trust_remote_code", "Run code shipped with the model (off by default)."),
     set_: list[str] = typer.Option([], "--set", help="Override any recipe key: --set training.lr_scheduler_type=linear"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run dir."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", help="Processes per node (GPUs): launches through accelerate with the recipe's distributed strategy."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", "--dry_run", help="Resolve and validate everything, load no weights."),
 ) -> None:
     """Fine-tune a model (LoRA by default; --no_peft for full, --use_4bit for QLoRA)."""
@@ -103,9 +106,43 @@ def train(
 
         run_dry(resolved)
         return
+    if launch_needed(resolved, nproc):
+        raise typer.Exit(launch(resolved, nproc, resume))
     from fnsft.train.run import run_training
 
     run_training(resolved, resume=resume)
+
+
+#: Set in the processes that `fnsft train --nproc` starts, so they train instead of launching again.
+LAUNCHED_ENV = "FNSFT_LAUNCHED"
+
+
+def launch_needed(recipe, nproc: int | None) -> bool:
+    import os
+
+    from fnsft.train.launch import world_size
+
+    return os.environ.get(LAUNCHED_ENV) != "1" and world_size(recipe, nproc) > 1
+
+
+def launch(recipe, nproc: int | None, resume: bool) -> int:
+    """Run this recipe in N processes through `accelerate launch`; returns their exit code."""
+    import os
+    import subprocess
+    import tempfile
+
+    from fnsft.console import err
+    from fnsft.recipe.load import dump_recipe
+    from fnsft.train.launch import check_launch, detect_launch_facts, launch_command
+
+    check_launch(recipe, nproc, detect_launch_facts())
+    with tempfile.TemporaryDirectory(prefix="fnsft-launch-") as tmp:
+        recipe_file = Path(tmp) / "recipe.yaml"
+        recipe_file.write_text(dump_recipe(recipe), encoding="utf-8")
+        program = ["-m", "fnsft.cli", "train", str(recipe_file), *(["--resume"] if resume else [])]
+        command = launch_command(recipe, nproc, program)
+        err.print(f"launching: {' '.join(command)}", highlight=False)
+        return subprocess.run(command, env={**os.environ, LAUNCHED_ENV: "1"}, check=False).returncode
 
 
 def _modules(value: str | None) -> str | list[str] | None:

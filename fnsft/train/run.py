@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,16 +75,21 @@ def _predicted_memory(recipe: Recipe) -> dict[str, Any] | None:
     return {"total_bytes": breakdown.total, "breakdown": breakdown.model_dump(mode="json")}
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (or a single process): the one that writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
     started = time.time()
     run = RunDir.at(recipe.output.dir)
     fresh = not run.root.exists()
     checkpoint = outdir.prepare_output_dir(run, recipe, resume, _warn)
     try:
-        with outdir.RunLock(run):
+        with outdir.RunLock(run) if is_main_process() else contextlib.nullcontext():
             return _train_locked(recipe, run, checkpoint, started)
     except FnsftError:
-        if fresh and not outdir.checkpoints(run):
+        if fresh and is_main_process() and not outdir.checkpoints(run):
             shutil.rmtree(run.root, ignore_errors=True)  # bad input found before training: leave nothing behind
         raise
 
@@ -136,10 +142,11 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     total = sum(p.numel() for p in trainer.model.parameters())
     _info(f"[bold]parameters[/] {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)   precision {precision}")
 
-    if checkpoint is None:
+    main = is_main_process()
+    if checkpoint is None and main:
         outdir.write_recipe(run, recipe)  # only now: everything the user gave has been read and checked
     metrics = _read_metrics(run) if checkpoint is not None else {}
-    n_exact = min(recipe.evaluation.exact_match_samples, len(data.eval_conversations))
+    n_exact = min(recipe.evaluation.exact_match_samples, len(data.eval_conversations)) if main else 0
     probe = data.eval_conversations[:n_exact]
     if checkpoint is None:
         if data.eval is not None:
@@ -147,7 +154,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         if probe:
             before = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
             metrics["exact_match_before"] = before.accuracy
-        atomic_write_json(run.metrics, metrics)  # kept for a resumed run's before/after report
+        if main:
+            atomic_write_json(run.metrics, metrics)  # kept for a resumed run's before/after report
     else:
         _info(f"resuming from {checkpoint.name}")
 
@@ -169,6 +177,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     target = run.adapter if recipe.method.is_peft else run.model
     if mask_handle is not None:
         mask_handle.remove()
+    if not main:
+        return RunResult(run, metrics, {})
     _save_final(trainer, tokenizer, target)
     atomic_write_json(run.metrics, metrics)
 
@@ -187,10 +197,18 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         tokens_seen=_tokens_seen(trainer, data.train),
         weights_sha256=weights_sha256(target),
         mask=mask_handle.provenance if mask_handle is not None else None,
+        distributed=_distributed_facts(recipe),
     )
     write_manifest(run, manifest)
     _print_summary(run, target, metrics)
     return RunResult(run, metrics, manifest)
+
+
+def _distributed_facts(recipe: Recipe) -> dict[str, Any]:
+    from fnsft.train.launch import effective_strategy
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return {"world_size": world, "strategy": effective_strategy(recipe) if world > 1 else "none"}
 
 
 def _attach_mask(model: Any, recipe: Recipe, identity: dict) -> Any:

@@ -135,3 +135,20 @@ def test_pickle_only_model_is_refused(tiny_recipe, tmp_path, tiny_llama_dir):
     (pickled / "pytorch_model.bin").write_bytes(b"not really")
     result = invoke("train", tiny_recipe(), "--model_name_or_path", pickled)
     assert result.exit_code == 2 and "pickle" in result.output
+
+
+@pytest.mark.slow
+def test_nproc_2_trains_with_two_ddp_processes_on_cpu(tiny_recipe, tmp_path):
+    """`--nproc 2` goes through accelerate (gloo DDP on CPU); rank 0 writes the run, the manifest says world 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fnsft.cli", "train", str(tiny_recipe()), "--nproc", "2", "--max_steps", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "ddp"}
