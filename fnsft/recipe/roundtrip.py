@@ -17,6 +17,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark
+from ruamel.yaml.representer import RoundTripRepresenter
+from ruamel.yaml.scalarfloat import ScalarFloat
 from ruamel.yaml.tokens import CommentToken
 
 #: Column where generated end-of-line comments start when the key has no comment yet.
@@ -214,9 +216,25 @@ def set_header(root: CommentedMap, lines: list[str]) -> None:
     comment[1] = ours + user_tokens
 
 
+class _ExactFloatRepresenter(RoundTripRepresenter):
+    """ruamel re-spells a loaded float from its original width and can drop its last digit
+    (5.960464477539063e-08 → ...062e-08); fall back to Python's shortest exact spelling when that happens."""
+
+    def represent_scalar_float(self, data: ScalarFloat) -> Any:
+        node = super().represent_scalar_float(data)
+        with contextlib.suppress(ValueError):  # .inf, .nan and other YAML-only spellings are exact already
+            if float(node.value.replace("_", "")) != float(data):
+                node.value = repr(float(data))
+        return node
+
+
+_ExactFloatRepresenter.add_representer(ScalarFloat, _ExactFloatRepresenter.represent_scalar_float)
+
+
 def roundtrip_yaml() -> YAML:
     """A round-trip YAML instance for writing recipes (2-space maps, lists indented under their key)."""
     yaml = YAML(typ="rt")
+    yaml.Representer = _ExactFloatRepresenter
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.width = 4096  # never fold long values or comments
     return yaml

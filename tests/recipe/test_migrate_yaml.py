@@ -124,3 +124,13 @@ def test_invalid_recipe_error_names_file_and_line(tmp_path):
     unknown.write_text("version: 7\nmodel:\n  name_or_path: m\n")
     with pytest.raises(RecipeError, match=r"future\.yaml:1: recipe version 7 is not supported"):
         migrate_file(unknown, "full", command="c")
+
+
+def test_untouched_values_keep_their_exact_value(tmp_path):
+    """ruamel alone re-spells 5.960464477539063e-08 as ...062e-08; a migration must not change untouched values."""
+    source = tmp_path / "r.yaml"
+    source.write_text("model: {name_or_path: m}\ndata: {path: d}\ntraining:\n  weight_decay: 5.960464477539063e-08\n"
+                      "  max_grad_norm: 0.30000000000000004\n")
+    result = migrate_file(source, "qlora", command="c")
+    assert result.recipe.training.weight_decay == 5.960464477539063e-08
+    assert "max_grad_norm: 0.30000000000000004" in result.text
