@@ -186,7 +186,7 @@ def execute_push(plan: PushPlan, *, token: str | None = None, endpoint: str | No
         for item in plan.items
     ]
     try:
-        api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
+        api.create_repo(plan.repo_id, private=plan.private or None, exist_ok=True, repo_type="model")
         if plan.revision:
             api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True)
         commit = api.create_commit(

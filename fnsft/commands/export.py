@@ -35,10 +35,10 @@ def export(
         llama_quantize=llama_quantize, modelfile=modelfile,
     )
     table = Table(title=f"fnsft export: {run_dir}")
-    table.add_column("file")
+    table.add_column("file (in RUN_DIR)")
     table.add_column("size", justify="right")
     for item in result.files:
-        table.add_row(str(item.path), human_size(item.size))
+        table.add_row(item.path.relative_to(run_dir).as_posix(), human_size(item.size))
     table.add_row("[bold]total[/]", f"[bold]{human_size(sum(item.size for item in result.files))}[/]")
     out.print(table)
     for note in result.notes:
