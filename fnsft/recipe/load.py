@@ -165,7 +165,8 @@ def _line_of(data: Any, loc: tuple) -> int | None:
     node = data
     for key in loc:
         if isinstance(node, CommentedMap) and key in node:
-            line = node.lc.key(key)[0] + 1
+            position = node.lc.data.get(key)  # None for a key added in memory (--set, a schema upgrade)
+            line = position[0] + 1 if position else line
             node = node[key]
         elif isinstance(node, list) and isinstance(key, int) and key < len(node):
             if hasattr(node, "lc"):
@@ -218,7 +219,7 @@ def load_recipe(
         raise RecipeError("no recipe file and no --model_name_or_path: give one of them (see `fnsft train --help`)")
     if path is None and "data" not in data:
         raise RecipeError("no recipe file and no --dataset_name_or_path: give one of them (see `fnsft train --help`)")
-    return validate(data, source, raw=raw)
+    return validate(data, source, raw=data)  # an upgraded map keeps each old key's line for errors
 
 
 def yaml_float(value: float) -> str:

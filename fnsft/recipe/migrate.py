@@ -611,7 +611,7 @@ def _load_current(path: Path) -> tuple[CommentedMap, Any, Recipe]:
     raw = parse_yaml_file(path)
     roundtrip.strip_generated_comments(raw)
     upgraded = plan_upgrade(raw, str(path))
-    recipe = validate(upgraded.data, str(path), raw=raw)
+    recipe = validate(upgraded.data, str(path))  # the upgraded map keeps each old key's line for errors
     return upgraded.data, upgraded if upgraded.from_version != upgraded.to_version else None, recipe
 
 

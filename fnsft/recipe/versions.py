@@ -298,20 +298,26 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
     for dotted, value in changes.items():
         keys = dotted.split(".")
         node = root
+        old = sources[dotted]
+        # Validation errors then point at the line of the old key a value came from (at the new key's column).
+        line = flat.lc.data[old][0] if commented and old in flat.lc.data else None
         for depth, key in enumerate(keys[:-1]):
             if key not in node:
                 model = _model_at(keys[:depth])
                 roundtrip.insert_key(node, key, CommentedMap(), model.model_fields if model else [])
+                if line is not None:
+                    node.lc.add_kv_line_col(key, [line, 2 * depth, line, 2 * depth + len(key) + 2])
             node = node[key]
         model = _model_at(keys[:-1])
         value = roundtrip.yaml_value(value)
         roundtrip.insert_key(node, keys[-1], value, model.model_fields if model else [])
-        old = sources[dotted]
+        indent = 2 * (len(keys) - 1)
+        if line is not None:
+            node.lc.add_kv_line_col(keys[-1], [line, indent, line, indent + len(keys[-1]) + 2])
         if commented and old not in carried:  # comment lines above the old key go above its first new key
             carried.add(old)
             roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(flat, old), 2 * (len(keys) - 1))
         own = roundtrip.eol_comment(flat, old) if commented else None
-        indent = 2 * (len(keys) - 1)
         if old != keys[-1]:
             roundtrip.set_eol_comment(node, keys[-1], f"upgraded from {old}" + (f"  # {own}" if own else ""), indent)
         elif own:

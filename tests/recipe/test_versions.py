@@ -119,3 +119,17 @@ def test_v0_comments_follow_their_keys():
     assert "    # LoRA\n    r: 16" in text  # the line above lora_r is now above method.lora.r
     assert "base model" in text.split("name_or_path:")[1].split("\n")[0]  # end-of-line comments move too
     assert "upgraded from model_name_or_path" in text
+
+
+def test_errors_point_at_the_old_keys_line_after_an_upgrade(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model_name_or_path: m\ndataset_name_or_path: d\n# rank\nlora_r: -1\n")
+    with pytest.raises(RecipeError, match=r"old\.yaml:4: method\.lora\.r: Input should be greater than 0"):
+        load_recipe(old)
+
+
+def test_an_override_that_adds_a_key_still_gets_a_clear_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  name_or_path: m\ndata:\n  path: d\ntraining:\n  seed: 1\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml:5: training\.weight_decay"):
+        load_recipe(recipe, sets=["training.weight_decay=-1"])  # a key added in memory has no line of its own
