@@ -176,16 +176,17 @@ def delete_key(node: CommentedMap, key: str) -> None:
 
 
 def format_float(value: float) -> str:
-    """A float the way people write hyperparameters: ``5.0e-5``, ``1.25e-4``, ``0.1``, ``2.0``.
+    """A float the way people write hyperparameters, exactly: ``5.0e-5``, ``1.25e-4``, ``0.1``, ``2.0``.
 
-    The mantissa always has a dot, so YAML 1.1 readers (PyYAML) also read it as a float, not a string.
+    Small values use the shortest exact scientific spelling; the mantissa always has a dot, so YAML 1.1 readers
+    (PyYAML) also read a float, not a string.
     """
-    if value != 0 and abs(value) < 1e-3:
-        mantissa, exponent = f"{value:.6e}".split("e")
-        mantissa = mantissa.rstrip("0")
-        return f"{mantissa}{'0' if mantissa.endswith('.') else ''}e{int(exponent)}"
-    text = f"{value:.6g}"
-    return text if any(c in text for c in ".e") else f"{text}.0"
+    value = float(value)
+    if value == 0 or abs(value) >= 1e-3 or value != value:
+        return repr(value)
+    digits = next(p for p in range(17) if float(f"{value:.{p}e}") == value)
+    mantissa, exponent = f"{value:.{digits}e}".split("e")
+    return f"{mantissa}{'' if '.' in mantissa else '.0'}e{int(exponent)}"
 
 
 def yaml_value(value: Any) -> Any:
