@@ -7,8 +7,8 @@ writes the changes into the user's round-trip YAML, keeping their comments and k
 The rules (guide, "Migration Guide" and "Best Practices"; shipped recipes in ANCHORS.md §4):
 
 * learning rate: PEFT → full divides by a factor inside the guide's 4–10× range, chosen by model size
-  (:data:`LR_FACTOR_BY_SIZE`); full → PEFT multiplies by the same factor, so a round trip returns the original
-  up to rounding to :data:`LR_SIGNIFICANT_DIGITS` significant digits.
+  (:data:`LR_FACTOR_BY_SIZE`; the size comes from :func:`model_params`); full → PEFT multiplies by the same
+  factor, so a round trip returns the original up to rounding to :data:`LR_SIGNIFICANT_DIGITS` significant digits.
 * batch: the effective batch (per-device × accumulation × GPUs) is preserved. PEFT → full divides the per-device
   batch by its smallest prime factor and multiplies accumulation by it (4×1 → 2×2); full → PEFT does the reverse
   with the accumulation's smallest prime factor (2×2 → 4×1).
@@ -22,6 +22,10 @@ The rules (guide, "Migration Guide" and "Best Practices"; shipped recipes in ANC
 
 Every method-dependent value (lr, warmup, weight decay) is written explicitly, computed from the source recipe's
 resolved values: the schema fills unset ones per method, so leaving them out would silently change them.
+
+Optional steps after the rules: :func:`spread_over_gpus` (``--num-gpus``) and :func:`fit_to_gpu` (``--gpu-memory``
+/ ``--gpu``: the memory estimator picks the largest per-device batch that fits and adds savers only if needed).
+Both keep the effective batch.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ GUIDE_LR_RANGE: dict[str, tuple[float, float]] = {"peft": (1e-4, 5e-4), "full": 
 #: while LoRA rates barely depend on size, so the PEFT/full ratio grows with size: ÷4 below 1B (the guide's
 #: quick start: 2e-4 → 5e-5 on a 355M model), ÷5 below 3B, ÷10 from 3B (every shipped 7–8B recipe pair is 10×).
 LR_FACTOR_BY_SIZE: tuple[tuple[float, int], ...] = ((1e9, 4), (3e9, 5), (math.inf, 10))
-#: A model whose size cannot be told from its name gets the ratio of the schema's own defaults (2e-4 / 2e-5).
+#: A model whose size is unknown gets the ratio of the schema's own defaults (2e-4 / 2e-5).
 UNKNOWN_SIZE_LR_FACTOR = round(METHOD_DEFAULTS["lora"]["learning_rate"] / METHOD_DEFAULTS["full"]["learning_rate"])
 LR_SIGNIFICANT_DIGITS = 3
 WARMUP_STEP = round(METHOD_DEFAULTS["full"]["warmup_ratio"] - METHOD_DEFAULTS["lora"]["warmup_ratio"], 6)
@@ -125,7 +129,6 @@ def model_params(model: ModelSection) -> int | None:
     """Parameter count for the lr rule: the estimator's shape for a local model (config.json, .gguf, packaged GGUF)
     or one in its catalog, else the size written in the name. Never asks the Hub (migration works offline).
     """
-    from fnsft.errors import FnsftError
     from fnsft.estimate import resolve_shape
     from fnsft.estimate.catalog import catalog_lookup
     from fnsft.models import PACKAGE_SCHEME
@@ -135,8 +138,8 @@ def model_params(model: ModelSection) -> int | None:
     if local or catalog_lookup(name) is not None:
         try:
             return resolve_shape(name, model.gguf_file).total_params
-        except FnsftError:
-            pass  # an unreadable local model: fall back to its name
+        except Exception:  # best effort: a model the estimator cannot read falls back to the size in its name
+            pass
     return params_from_name(name)
 
 
