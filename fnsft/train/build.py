@@ -125,3 +125,18 @@ def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: 
         disable_tqdm=True,  # fnsft draws its own rich progress bar
         dataset_num_proc=None,
     )
+
+
+#: report_to target → the package it needs.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def report_targets(recipe: Recipe) -> list[str]:
+    """The recipe's report_to list for the trainer, refusing trackers that are not installed (before any work)."""
+    import importlib.util
+
+    targets = [target for target in recipe.output.report_to if target != "none"]
+    for target in targets:
+        if importlib.util.find_spec(TRACKER_PACKAGES[target]) is None:
+            raise TrainError(f"output.report_to lists {target}, which is not installed: pip install {TRACKER_PACKAGES[target]}")
+    return targets or ["none"]

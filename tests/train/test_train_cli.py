@@ -152,3 +152,36 @@ def test_nproc_2_trains_with_two_ddp_processes_on_cpu(tiny_recipe, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["distributed"] == {"world_size": 2, "strategy": "ddp"}
+
+
+def test_packing_and_tensorboard_reporting(tiny_recipe, tmp_path):
+    pytest.importorskip("tensorboard")
+    result = invoke(
+        "train", tiny_recipe(), "--max_steps", "2", "--set", "data.packing=true", "--set", "output.report_to=[tensorboard]"
+    )
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "tensorboard wrote no event file"
+
+
+def test_missing_tracker_is_a_clear_error(tiny_recipe, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    result = invoke("train", tiny_recipe(), "--set", "output.report_to=[wandb]")
+    assert result.exit_code == 2 and "pip install wandb" in result.output
+
+
+@pytest.mark.slow
+def test_quickstart_recipe_on_real_smollm2(tmp_path):
+    """The README's quickstart, shortened: real SmolLM2-135M from its GGUF, LoRA, accuracy measured before/after."""
+    result = invoke(
+        "train", "recipes/quickstart.yaml", "--output_dir", tmp_path / "qs", "--max_steps", "6",
+        "--set", "evaluation.exact_match_samples=8",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())
+    assert {"exact_match_before", "exact_match_after", "eval_loss_before", "eval_loss_after"} <= set(metrics)
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
+    assert manifest["base_model"]["identity"]["source"] == "gguf"
