@@ -236,7 +236,7 @@ class BuildOnTheFly:
     model_name: str
 
 
-def build_for_run(model, spec: BuildOnTheFly, layers: str | None, model_identity: dict[str, Any] | None) -> Path:
+def build_for_run(model, spec: BuildOnTheFly, layers: str | list[int] | None, model_identity: dict[str, Any] | None) -> Path:
     """Build a mask from the training data with the `fnsft mask build` defaults and save it (atomically)."""
     from fnsft.mask.build import BuildSettings, build_mask
     from fnsft.mask.inputs import token_sequences

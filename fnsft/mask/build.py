@@ -60,7 +60,7 @@ class BuildSettings:
     components: int = 10
     samples: int | None = 100
     max_tokens: int | None = 20_000
-    layers: str | None = None
+    layers: str | list[int] | None = None
     capture: CapturePoint = "mlp-output"
     threshold: str = "percentile=98"
     seed: int = 42

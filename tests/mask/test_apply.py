@@ -190,7 +190,7 @@ def test_mask_built_on_the_fly_from_training_data_is_saved_in_the_run_dir(tiny_l
     build = BuildOnTheFly(load_tokenizer(source, section), DataSection(path=str(text_jsonl)), 7, tmp_path / "run" / "mask.json", "tiny")
     with pytest.raises(MaskError, match="mask.path is not set"):
         attach_training_masks(model, MaskSection(components=[0]), source.identity)
-    handle = attach_training_masks(model, MaskSection(components=[0], layers="1"), source.identity, build=build)
+    handle = attach_training_masks(model, MaskSection(components=[0], layers=[-1]), source.identity, build=build)
     try:
         saved = load_mask(tmp_path / "run" / "mask.json")
         assert handle.provenance["path"] == str((tmp_path / "run" / "mask.json").resolve())

@@ -73,3 +73,13 @@ def test_missing_inputs_and_mismatched_model_exit_2(cli_mask, tiny_model_factory
     assert result.exit_code == 2 and "not found" in result.output
     result = invoke("eval", path, "--model", tiny_model_factory("gemma"), "--data", text_jsonl)
     assert result.exit_code == 2 and "does not match this model" in result.output
+
+
+def test_build_from_a_recipe_uses_its_model_data_and_seed(tiny_llama_dir, text_jsonl, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\nmodel:\n  name_or_path: {tiny_llama_dir}\ndata:\n  path: {text_jsonl}\ntraining:\n  seed: 9\n")
+    target = tmp_path / "r.json"
+    result = invoke("build", recipe, "-o", target, "--components", "2", "--samples", "10", "--layers", "-1")
+    assert result.exit_code == 0, result.output
+    mask = json.loads(target.read_text())
+    assert mask["method"]["seed"] == 9 and mask["layers"] == [1] and mask["data"]["samples"] == 10
