@@ -34,6 +34,8 @@ def test_same_inputs_and_seed_give_a_bitwise_identical_file(tiny_llama, token_se
     kwargs = dict(model_name=original.model.name, source_identity=identity, pad_token_id=tokenizer.pad_token_id, data_source="inline")
     again = save_mask(build_mask(model, token_seqs, settings, **kwargs), tmp_path / "again.json")
     assert again.read_bytes() == built_mask.read_bytes()
+    spilled = BuildSettings(components=4, samples=50, threshold="percentile=90", seed=3, memory_budget=0)  # all on disk
+    assert build_mask(model, token_seqs, spilled, **kwargs).to_json() == built_mask.read_text()
     other_seed = build_mask(model, token_seqs, BuildSettings(components=4, samples=50, threshold="percentile=90", seed=4), **kwargs)
     assert other_seed.data.fingerprint != original.data.fingerprint  # a different seeded sample
 
