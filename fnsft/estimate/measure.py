@@ -28,11 +28,12 @@ def _decoder_layers(model):
     raise ValueError("no decoder layers found")
 
 
-def saved_tensor_bytes(model, input_ids, labels=None) -> SavedTensorBytes:
+def saved_tensor_bytes(model, input_ids, fused_lm_head: bool = False) -> SavedTensorBytes:
     """Run one forward (with loss) and count what it keeps for backward.
 
     Unique storages (``untyped_storage().data_ptr()``) seen by ``torch.autograd.graph.saved_tensors_hooks``,
-    parameter storages excluded. With non-reentrant gradient checkpointing the saved tensors inside a layer are
+    parameter storages excluded. ``fused_lm_head`` calls a model patched with TRL's ``add_fused_lm_head`` the way
+    SFTTrainer does (chunked log-probs instead of logits). With non-reentrant gradient checkpointing the saved tensors inside a layer are
     packed by checkpoint's own hooks (so not seen here); what the checkpoint holds instead is each layer's input
     hidden states, which a forward pre-hook adds.
     """
@@ -70,7 +71,8 @@ def saved_tensor_bytes(model, input_ids, labels=None) -> SavedTensorBytes:
     handles += [layer.register_forward_hook(leave, with_kwargs=True) for layer in layers]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            output = model(input_ids=input_ids, labels=input_ids if labels is None else labels)
+            extra = {"fused_lm_head": True} if fused_lm_head else {}
+            output = model(input_ids=input_ids, labels=input_ids, **extra)
     finally:
         for handle in handles:
             handle.remove()
@@ -95,3 +97,92 @@ def tensor_bytes(tensors) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def _quant_state_tensors(model):
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is None:
+            continue
+        yield from (t for t in (state.absmax, state.code, state.offset) if t is not None)
+        if state.state2 is not None:
+            yield from (state.state2.absmax, state.state2.code)
+
+
+def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_name: str, lora_r: int = 8) -> dict[str, int]:
+    """Load a model as TRL's SFTTrainer would, take one real optimizer step, and sum the real tensors.
+
+    PEFT defaults (fp32 adapters); for a 4-bit base the adapters are cast to bf16 as sft_trainer.py does.
+    Returns bytes of base weights (+ quantization constants), adapters, gradients and optimizer states, and the
+    parameter counts (a packed 4-bit byte counts as two parameters).
+    """
+    import logging
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    kwargs = {"dtype": dtype}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if method != "full":
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+        if method == "qlora":
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optimizer_name == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(trainable, lr=1e-3)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    named = list(model.named_parameters())
+    base = [p for name, p in named if "lora_" not in name]
+    packed = [p for p in base if p.dtype == torch.uint8]
+    return {
+        "weights": tensor_bytes(base) + tensor_bytes(_quant_state_tensors(model)),
+        "weights_quantized": tensor_bytes(packed),
+        "adapter": tensor_bytes(p for name, p in named if "lora_" in name),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in base) + sum(p.numel() for p in packed),
+        "gradients": tensor_bytes(p.grad for p in trainable),
+        "optimizer_states": tensor_bytes(
+            v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
+        ),
+    }
+
+
+def activations_of(model_dir, method: str, precision: str, batch: int, seq: int, checkpointing: bool,
+                   loss: str = "chunked", lora_r: int = 8, lora_dropout: float = 0.05) -> SavedTensorBytes:
+    """Saved-tensor bytes of one training forward, set up as SFTTrainer does (fused LM head for ``chunked``)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    if loss == "chunked":  # as SFTTrainer does, before PEFT wraps the model
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=lora_dropout,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    return saved_tensor_bytes(model, ids, fused_lm_head=loss == "chunked")

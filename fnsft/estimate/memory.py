@@ -23,7 +23,12 @@ plain MLP and are *not* validated against measurements. Encoder-decoder models (
   ``max_memory_allocated`` does not) + 8 % of the tensor total for allocator fragmentation (the gap between
   ``max_memory_reserved`` and ``max_memory_allocated``, reported between 0 and 25 %).
 * ``overhead`` on CPU = the resident size of a Python process that has imported torch, transformers, TRL, PEFT
-  and datasets and loaded a tokenizer and a small dataset (:data:`CPU_PROCESS_BASELINE`, measured here).
+  and datasets and loaded a tokenizer and a small dataset (:data:`CPU_PROCESS_BASELINE`, measured here), plus
+  one more copy of the weights: on CPU the first training forward grows private memory by about the weights'
+  size beyond every tensor accounted for (observed on SmolLM2-135M; the mechanism is not identified, so this
+  term is empirical).
+* The LM-head/loss buffers of TRL's chunked log-prob head count its tile temporaries: one fp32 tile on CUDA
+  (Triton kernel), four in forward and six in backward on CPU (torch fallback), read from the code, not measured.
 * The peak is the largest of three moments of a step (loss computed, end of backward, optimizer step); kernels'
   temporary workspaces beyond the logits buffers are not modelled.
 * Sharding (ZeRO/FSDP) divides the model states by the number of GPUs and adds all-gather buffers of two layers;
@@ -46,8 +51,13 @@ GiB = 1 << 30
 CUDA_CONTEXT_BYTES = GiB // 2
 #: Allocator fragmentation: max_memory_reserved over max_memory_allocated.
 CUDA_FRAGMENTATION = 0.08
-#: RSS of a process after importing torch/transformers/trl/peft/datasets and loading a tokenizer (measured here).
-CPU_PROCESS_BASELINE = 900 * (1 << 20)
+#: RSS of a process after importing torch/transformers/trl/peft/datasets and loading a tokenizer and a small
+#: dataset (measured here: 599–606 MB with torch 2.13 CPU, transformers 5.24, TRL 1.16).
+CPU_PROCESS_BASELINE = 575 * (1 << 20)
+#: TRL's chunked log-prob head: tokens × vocabulary per tile (trl/kernels/chunked_logprob.py).
+TOKEN_TILE, VOCAB_TILE = 4096, 32768
+#: fp32 tile-sized temporaries alive at once in that head: (forward, backward) on CUDA (Triton) and on CPU (torch).
+TILE_TEMPORARIES = {"cuda": (1, 1), "cpu": (4, 6)}
 #: bitsandbytes: 4-bit block size, nested (double-quant) block size, 8-bit optimizer block size / threshold.
 NF4_BLOCK, NF4_NESTED_BLOCK, OPT8_BLOCK, OPT8_MIN_SIZE = 64, 256, 256, 4096
 
@@ -81,6 +91,11 @@ class EstimateInput(BaseModel):
         False, description="PEFT prepare_model_for_kbit_training casts every unquantized weight to fp32 (TRL does not)."
     )
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
+    loss: Literal["chunked", "full_logits"] = Field(
+        "chunked", description="chunked: TRL's fused LM head (SFTTrainer default) computes log-probs in tiles of "
+        "4096 tokens × 32768 vocab without the b·s·V logits; full_logits: the model's own loss (logits + fp32 "
+        "log-softmax)."
+    )
     num_gpus: int = Field(1, gt=0)
     sharding: Sharding = "none"
     offload: Literal["none", "optimizer", "params"] = "none"
@@ -305,13 +320,35 @@ def activation_parts(inp: EstimateInput, checkpointing: bool) -> ActivationParts
         recompute = 0
     # cos/sin of the rotary embedding, saved once by the first layer's q/k multiply (inside the recompute with checkpointing)
     rotary = 2 * dtype * inp.seq_len * m.head_dim if m.model_type in LLAMA_LIKE and not checkpointing else 0
-    final_norm = _norm(inp, dtype, full, output_saved=True)
-    log_probs = 4 * tokens * m.vocab_size
-    labels = 8 * tokens + 4
     embedding = 8 * tokens if full else 0  # token ids kept for the embedding gradient
+    if inp.loss == "chunked":
+        # the shifted hidden states (a copy), int64 targets, fp32 log-normaliser and entropy
+        scored = inp.batch_size * (inp.seq_len - 1)
+        final_norm = _norm(inp, dtype, full, output_saved=False)
+        log_probs, head = 0, scored * (dtype * m.hidden_size + 8 + 4 + 4)
+    else:
+        # lm_head input (full), fp32 log-softmax, int64 labels and the loss's total weight
+        final_norm = _norm(inp, dtype, full, output_saved=True)
+        log_probs, head = 4 * tokens * m.vocab_size, 8 * tokens + 4
     in_layers = layers + rotary
-    return ActivationParts(total=in_layers + final_norm + log_probs + labels + embedding, in_layers=in_layers,
+    return ActivationParts(total=in_layers + final_norm + log_probs + head + embedding, in_layers=in_layers,
                            log_probs=log_probs, recompute=recompute)
+
+
+def logits_transient_bytes(inp: EstimateInput) -> int:
+    """Buffers of the LM head and loss that live only around the loss (forward end / backward start)."""
+    m, dtype = inp.model, inp.compute_bytes
+    if inp.loss == "full_logits":
+        # forward: logits (+ fp32 upcast); backward: two fp32 b·s·V gradients next to the saved log-probs
+        values = inp.tokens * m.vocab_size
+        return max(dtype * values + (4 * values if dtype != 4 else 0), 8 * values)
+    scored = inp.batch_size * (inp.seq_len - 1)
+    tile = min(scored, TOKEN_TILE) * min(m.vocab_size, VOCAB_TILE)
+    forward_temps, backward_temps = TILE_TEMPORARIES[inp.device]
+    head_trainable = inp.method == "full"
+    backward = (dtype * tile + 4 * tile * backward_temps + 4 * scored * m.hidden_size
+                + (4 * m.vocab_size * m.hidden_size if head_trainable else 0))
+    return max(dtype * tile + 4 * tile * forward_temps, backward)
 
 
 def _check_sizes(inp: EstimateInput) -> None:
@@ -346,10 +383,8 @@ def estimate(inp: EstimateInput) -> Breakdown:
     activations = with_gc.total if inp.gradient_checkpointing else without_gc.total
     recompute = with_gc.recompute if inp.gradient_checkpointing else 0
     log_probs = without_gc.log_probs
-    tokens, dtype = inp.tokens, inp.compute_bytes
-    # forward: logits (+ fp32 upcast); backward: two fp32 b·s·V gradients next to the saved log-probs
-    logits_transient = max(dtype * tokens * model.vocab_size + (4 * tokens * model.vocab_size if dtype != 4 else 0),
-                           8 * tokens * model.vocab_size)
+    dtype = inp.compute_bytes
+    logits_transient = logits_transient_bytes(inp)
     # foreach AdamW keeps one state-sized temporary; fused and 8-bit kernels update in place
     optimizer_transient = trainable * value_bytes if inp.optimizer in ("adamw", "adamw_torch") and inp.device == "cuda" else 0
 
@@ -388,10 +423,10 @@ def estimate(inp: EstimateInput) -> Breakdown:
     if inp.device == "cuda":
         overhead = CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * allocated)
     else:
-        overhead = CPU_PROCESS_BASELINE
-        # Loading from safetensors maps the file and copies it into parameters: two copies at once on CPU.
-        if inp.method != "qlora" and 2 * weights > allocated:
-            allocated, phase = 2 * weights, "model loading"
+        # transformers 5 maps safetensors weights (loading does not double them), but the first training forward
+        # on CPU adds private memory about the size of the weights beyond every tensor we account for (observed:
+        # SmolLM2-135M fp32, +784 MB private for ~250 MB of tensors; the mechanism is not identified).
+        overhead = CPU_PROCESS_BASELINE + weights
     return Breakdown(
         weights=weights, weights_quantized=quantized, quantization_constants=constants,
         weights_unquantized=unquantized, adapter=adapter, trainable_params=trainable, total_params=model.total_params,

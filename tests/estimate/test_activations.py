@@ -2,6 +2,9 @@
 torch.autograd.graph.saved_tensors_hooks (unique storages, parameters excluded; with checkpointing, the layer
 inputs the checkpoint holds). Every grid point must be within 10 %, both for the whole forward and for the part
 inside the decoder layers (which the 49k-vocabulary log-probs would otherwise hide on tiny models).
+
+Two loss paths: TRL's fused LM head (what SFTTrainer, hence `fnsft train`, runs: chunked log-probs) and the
+model's own loss over full logits.
 """
 
 from __future__ import annotations
@@ -18,30 +21,17 @@ torch = pytest.importorskip("torch")
 TOLERANCE = 0.10
 
 
-def _measure(model_dir, method, precision, batch, seq, checkpointing):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+def _measure(model_dir, method, precision, batch, seq, checkpointing, loss="chunked"):
+    from fnsft.estimate.measure import activations_of
 
-    from fnsft.estimate.measure import saved_tensor_bytes
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-    if method == "lora":
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-    model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
-    return saved_tensor_bytes(model, ids)
+    return activations_of(model_dir, method, precision, batch, seq, checkpointing, loss)
 
 
-def _check(model_dir, method, precision, batch, seq, checkpointing):
-    measured = _measure(model_dir, method, precision, batch, seq, checkpointing)
+def _check(model_dir, method, precision, batch, seq, checkpointing, loss="chunked"):
+    measured = _measure(model_dir, method, precision, batch, seq, checkpointing, loss)
     predicted = activation_parts(build_input(
         model=str(model_dir), method=method, precision=precision, batch_size=batch, seq_len=seq,
-        gradient_checkpointing=checkpointing, lora_r=8, lora_dropout=0.05, device="cpu",
+        gradient_checkpointing=checkpointing, lora_r=8, lora_dropout=0.05, device="cpu", loss=loss,
     ), checkpointing)
     assert predicted.total == pytest.approx(measured.total, rel=TOLERANCE)
     assert predicted.in_layers == pytest.approx(measured.in_layers, rel=TOLERANCE)
@@ -55,6 +45,12 @@ GRID = list(itertools.product([1, 3], [16, 48], [False, True], ["lora", "full"])
 @pytest.mark.parametrize(("batch", "seq", "checkpointing", "method"), GRID)
 def test_llama_fp32_grid(tiny_model_factory, batch, seq, checkpointing, method):
     _check(tiny_model_factory("llama"), method, "fp32", batch, seq, checkpointing)
+
+
+@pytest.mark.parametrize(("checkpointing", "method"), list(itertools.product([False, True], ["lora", "full"])))
+def test_llama_full_logits_loss(tiny_model_factory, checkpointing, method):
+    predicted, measured = _check(tiny_model_factory("llama"), method, "fp32", 2, 32, checkpointing, "full_logits")
+    assert measured.log_probs == 4 * 2 * 32 * 49152  # the b·s·V fp32 log-softmax the chunked head avoids
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma"])
