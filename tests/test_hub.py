@@ -152,3 +152,34 @@ def test_real_client_uploads_everything_in_one_commit(runs, monkeypatch):
     assert files["adapter_model.safetensors"] == (runs["lora"].adapter / "adapter_model.safetensors").read_bytes()
     assert FakeHub.received["authorization"] == {f"Bearer {TOKEN}"}
     assert not any(TOKEN.encode() in content for content in files.values())
+
+
+class ReadOnlyHub(FakeHub):
+    """A Hub that refuses writes with this token."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        return self._reply(403, {"error": "You don't have the rights to create a model under this namespace"})
+
+
+@pytest.mark.parametrize("handler", [ReadOnlyHub, None], ids=["no-write-access", "network-down"])
+def test_push_failures_are_one_clear_line(runs, monkeypatch, handler):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    plan = plan_push(runs["lora"].root, "me/tiny-lora")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler or FakeHub)
+    port = server.server_port
+    if handler is None:
+        server.server_close()  # nothing listens on the port any more
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ExportError) as caught:
+            execute_push(plan, token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
+    finally:
+        if handler is not None:
+            server.shutdown()
+    message = str(caught.value)
+    assert "nothing was uploaded" in message and TOKEN not in message and "\n" not in message
+    assert ("no write access" in message) if handler else ("cannot reach the Hub" in message)

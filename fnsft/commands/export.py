@@ -17,8 +17,8 @@ def export(
         [], "--gguf", help="GGUF type to write; repeat for several: f32, f16, bf16, q8_0, q4_0 (built in), "
         "q4_k_m, q5_k_m, q6_k, ... (need llama.cpp's llama-quantize).",
     ),
-    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest merged safetensors shard; "
-                                       "also bounds the merge's peak memory."),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest merged safetensors shard "
+                                       "(the merge itself holds one tensor at a time)."),
     llama_quantize: str | None = typer.Option(None, "--llama-quantize", help="Path to llama-quantize for K-quants "
                                               "(default: looked up on PATH; never downloaded)."),
     modelfile: bool = typer.Option(True, "--modelfile/--no-modelfile", help="Write an Ollama Modelfile beside the GGUF."),

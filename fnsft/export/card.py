@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from fnsft.errors import ModelError
 from fnsft.models import ModelSource, resolve_model
 from fnsft.recipe.load import dump_recipe
 from fnsft.recipe.schema import Recipe
@@ -52,7 +53,7 @@ def base_model_info(recipe: Recipe) -> BaseModelInfo:
     section = recipe.model
     try:
         source: ModelSource | None = resolve_model(section)
-    except Exception:  # the base may have moved since training: the card still gets its name
+    except ModelError:  # the base may have moved since training: the card still gets its name
         source = None
     info = BaseModelInfo(name=section.name_or_path)
     if source is None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from fnsft.errors import ExportError, NotYetSupported
 from fnsft.export.files import ensure_free_space, staged_file
-from fnsft.export.merge import TensorEntry, read_tensor, weight_entries
+from fnsft.export.merge import weight_entries
+from fnsft.export.safetensors_io import TensorEntry, read_tensor
 
 NUMPY_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 #: K-quants and friends: llama.cpp's quantizer only (gguf.quants has no K-quant encoder).
@@ -156,7 +157,6 @@ class PlannedTensor:
 def plan_tensors(model_dir: Path, config: Any, qtype: str) -> list[PlannedTensor]:
     """Map every HF tensor to its GGUF name and type; tensors llama.cpp does not use are dropped."""
     import gguf
-    from safetensors import safe_open
 
     spec = ARCHITECTURES[config.model_type]
     arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == spec.gguf_arch)
@@ -169,9 +169,7 @@ def plan_tensors(model_dir: Path, config: Any, qtype: str) -> list[PlannedTensor
         gguf_name = name_map.get_name(entry.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ExportError(f"{entry.name}: no GGUF name for this tensor of a {config.model_type} model")
-        with safe_open(str(entry.file), framework="pt") as handle:
-            shape = tuple(handle.get_slice(entry.name).get_shape())
-        planned.append(PlannedTensor(entry, gguf_name, shape, _tensor_type(gguf_name, shape, qtype)))
+        planned.append(PlannedTensor(entry, gguf_name, entry.shape, _tensor_type(gguf_name, entry.shape, qtype)))
     return planned
 
 

@@ -2,9 +2,9 @@
 
 Why not PEFT's ``merge_and_unload``: it needs the full base model materialized (twice the peak for large models,
 the cause of "can't merge in system RAM" reports elsewhere). Here each base tensor is read on its own from the
-safetensors files (opened and closed per tensor, so no mapping of a whole shard stays resident), the LoRA delta
-``scale · B @ A`` is added in float32 and the result is cast back to the tensor's stored dtype. Output tensors are
-buffered only up to one output shard. Peak memory ≈ one output shard + the adapter + one tensor in float32.
+safetensors files (fnsft.export.safetensors_io: no memory map, no whole-shard serialisation), the LoRA delta
+``scale · B @ A`` is added in float32, the result is cast back to the tensor's stored dtype and written out at
+once. Peak memory ≈ the adapter + the largest tensor (twice, in float32, when it carries a LoRA delta).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from fnsft.errors import ExportError, NotYetSupported
 from fnsft.export.files import OutputFile, ensure_free_space, list_files, staged_dir
+from fnsft.export.safetensors_io import TensorEntry, read_entries, read_tensor, write_streaming
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -91,23 +92,8 @@ def read_adapter(adapter_dir: Path) -> Adapter:
     return adapter
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one base tensor lives and how many bytes it takes (read from the safetensors header only)."""
-
-    name: str
-    file: Path
-    nbytes: int
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1}
-
-
 def weight_entries(model_dir: Path) -> list[TensorEntry]:
     """Every tensor of a safetensors model directory (sharded or not), in file order, without loading data."""
-    from safetensors import safe_open
-
     index = model_dir / INDEX_NAME
     if index.is_file():
         files = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
@@ -115,25 +101,7 @@ def weight_entries(model_dir: Path) -> list[TensorEntry]:
         files = sorted(p.name for p in model_dir.glob("*.safetensors"))
     if not files:
         raise ExportError(f"{model_dir}: no safetensors weights found")
-    entries = []
-    for file_name in files:
-        path = model_dir / file_name
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                piece = handle.get_slice(name)
-                count = 1
-                for dim in piece.get_shape():
-                    count *= dim
-                entries.append(TensorEntry(name, path, count * _DTYPE_BYTES.get(piece.get_dtype(), 4)))
-    return entries
-
-
-def read_tensor(entry: TensorEntry):
-    """Read one tensor and close the file again, so no mapping of the whole shard stays resident."""
-    from safetensors import safe_open
-
-    with safe_open(str(entry.file), framework="pt") as handle:
-        return handle.get_tensor(entry.name).clone()
+    return [entry for file_name in files for entry in read_entries(model_dir / file_name)]
 
 
 def merged_tensor(name: str, base, adapter: Adapter):
@@ -220,13 +188,11 @@ def merge_lora(
         base_dir: base model directory (config.json + safetensors, sharded or not).
         adapter_dir: PEFT adapter directory; its tokenizer files, when present, are copied over the base's.
         target: output directory; replaced atomically when the merge has fully succeeded.
-        max_shard_bytes: upper bound for each output shard, which also bounds peak memory.
+        max_shard_bytes: upper bound for each output shard (a larger single tensor gets a shard of its own).
 
     Returns:
         The files written, with sizes.
     """
-    from safetensors.torch import save_file
-
     adapter = read_adapter(adapter_dir)
     entries = weight_entries(base_dir)
     config = json.loads((base_dir / "config.json").read_text())
@@ -237,10 +203,8 @@ def merge_lora(
     weight_map: dict[str, str] = {}
     with staged_dir(target) as staging:
         for shard, file_name in zip(shards, names, strict=True):
-            tensors = {entry.name: merged_tensor(entry.name, read_tensor(entry), adapter) for entry in shard}
-            save_file(tensors, str(staging / file_name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(tensors, file_name))
-            del tensors
+            write_streaming(staging / file_name, shard, lambda entry: merged_tensor(entry.name, read_tensor(entry), adapter))
+            weight_map.update({entry.name: file_name for entry in shard})
         if len(names) > 1:
             index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
             (staging / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")

@@ -128,7 +128,7 @@ def export_run(
         run_path: the run directory.
         merge: write exports/merged/ (LoRA merged into the base; a full run is already a full model).
         gguf_types: GGUF types to write, e.g. ["f16", "q8_0"]; a PEFT run is merged first.
-        max_shard_bytes: maximum size of each merged safetensors shard (bounds the merge's peak memory).
+        max_shard_bytes: maximum size of each merged safetensors shard.
         llama_quantize: path to llama.cpp's llama-quantize, needed only for K-quants.
         modelfile: write an Ollama Modelfile beside the first GGUF.
 

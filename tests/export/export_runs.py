@@ -44,6 +44,8 @@ def make_run_dir(
     target_modules: list[str] | None = None,
     seed: int = 0,
     manifest_extra: dict | None = None,
+    fit_steps: int = 60,
+    lora_b_std: float = 0.05,
 ) -> RunDir:
     """A finished run: recipe.yaml, manifest.json and adapter/ (LoRA with non-zero B) or model/ (perturbed full)."""
     import torch
@@ -63,7 +65,7 @@ def make_run_dir(
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     if method == "full":
-        fit_to_prompts(model, tokenizer, [p for p in model.parameters()], lr=3e-3)
+        fit_to_prompts(model, tokenizer, [p for p in model.parameters()], lr=3e-3, steps=fit_steps)
         model.save_pretrained(run.model, safe_serialization=True)
         tokenizer.save_pretrained(run.model)
         return run
@@ -76,8 +78,10 @@ def make_run_dir(
     with torch.no_grad():  # PEFT initialises B to zero; a trained adapter is not a no-op
         for param_name, param in peft_model.named_parameters():
             if "lora_B" in param_name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    fit_to_prompts(peft_model, tokenizer, [p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+                param.copy_(torch.randn(param.shape, generator=generator) * lora_b_std)
+    if fit_steps:
+        fit_to_prompts(peft_model, tokenizer, [p for p in peft_model.parameters() if p.requires_grad], lr=1e-2,
+                       steps=fit_steps)
     peft_model.save_pretrained(run.adapter)
     tokenizer.save_pretrained(run.adapter)
     return run
@@ -141,6 +145,7 @@ def read_json(path: Path) -> dict:
 #: repeat for every architecture and type in the default suite (the slow suite does it with the real tokenizer).
 SMALL_VOCAB_SHAPES = {
     "llama": dict(num_key_value_heads=2, tie_word_embeddings=True),
+    "mistral": dict(num_key_value_heads=2, tie_word_embeddings=False),
     "qwen2": dict(num_key_value_heads=2, tie_word_embeddings=False),
     "gemma": dict(num_key_value_heads=1, head_dim=16),
     "gemma2": dict(num_key_value_heads=2, head_dim=16, sliding_window=256),

@@ -39,7 +39,7 @@ def _check_round_trip(expected, actual, qtype: str, label: str) -> None:
         assert 0 < measured["max_abs_error"] < THRESHOLDS[qtype], measured
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma2"])
 def test_lora_run_round_trips_through_transformers(arch, small_run_factory):
     run, base = small_run_factory(arch)
     result = export_run(run.root, gguf_types=["f32", "f16", "q8_0"])
