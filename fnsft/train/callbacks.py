@@ -12,7 +12,11 @@ from fnsft.console import err
 
 
 class RichProgressCallback(TrainerCallback):
-    """One bar for optimizer steps showing the latest loss and learning rate."""
+    """One bar for optimizer steps showing the latest loss and learning rate.
+
+    Without a terminal (CI logs, `docker logs`, a redirected file) a bar would only appear at the end, so each
+    logging step prints one plain line instead.
+    """
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
@@ -20,6 +24,8 @@ class RichProgressCallback(TrainerCallback):
         self.last: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not err.is_terminal:
+            return
         self.progress = Progress(
             TextColumn("[bold]training[/]"),
             BarColumn(),
@@ -43,6 +49,8 @@ class RichProgressCallback(TrainerCallback):
                 self.last[key] = logs[key]
         if self.progress is not None:
             self.progress.update(self.task, stats=self._stats())
+        elif logs and ("loss" in logs or "eval_loss" in logs):
+            err.print(f"step {state.global_step}/{state.max_steps}  {self._stats()}", highlight=False)
 
     def _stats(self) -> str:
         parts = []
