@@ -14,8 +14,14 @@ per decoder layer for the llama-like families (llama, mistral, qwen2/3, gemma 1/
 norm inputs and rsqrt, the q/k/v/out and logsumexp kept by SDPA/flash attention (or the s×s probabilities of
 eager attention), the gated MLP's four intermediates (three for LoRA), and per LoRA target the dropout mask,
 dropout output and A output. With gradient checkpointing only each layer's input is kept, plus one layer's
-activations while it is recomputed in backward. GPT-2, BLOOM, Falcon and Phi-2 use the same accounting with a
-plain MLP and are *not* validated against measurements. Encoder-decoder models (T5) are not estimated.
+activations while it is recomputed in backward. The LM head follows TRL's SFTTrainer (``loss="chunked"``: its fused
+head saves the shifted hidden states and per-token statistics, never b·s·V logits) or the model's own loss
+(``loss="full_logits"``: fp32 log-softmax over b·s·V). Validated (within 2 % on every point, tests + bench) for
+SDPA attention in fp32 and bf16, LoRA and full, checkpointing on and off, on llama/qwen2/gemma and SmolLM2-135M.
+*Not* validated: eager/flash attention (eager's s×s probabilities are read from the code), the ``*-mixed``
+precisions (autocast weight copies are modelled), qk-norm families (qwen3, gemma3), GPT-2, BLOOM, Falcon and
+Phi-2 (same accounting with a plain MLP), MoE routing (experts_per_token × the MLP). Encoder-decoder models (T5)
+have exact parameter counts but no activation estimate (NotYetSupported).
 
 **Approximate** (constants, not measured on a GPU in this project):
 
@@ -34,6 +40,12 @@ plain MLP and are *not* validated against measurements. Encoder-decoder models (
 * Sharding (ZeRO/FSDP) divides the model states by the number of GPUs and adds all-gather buffers of two layers;
   DDP adds a gradient-bucket copy. These follow DeepSpeed's own estimators, not measurements.
 * Packed/padding-free batches are costed as full ``batch × seq_len`` rectangles (the worst case).
+* Paged optimizers (``paged_adamw_*``) are counted as GPU memory; under pressure they can spill to host memory.
+* QLoRA follows TRL: unquantized weights stay in the compute dtype and adapters are cast to bf16; set
+  ``qlora_fp32_non_quantized`` for PEFT's ``prepare_model_for_kbit_training`` (fp32 embeddings/norms/head).
+
+Whole-process check on CPU: ``device="cpu"`` totals are within 15 % of the peak RSS of real TRL SFTTrainer runs
+on SmolLM2-135M (LoRA/full, checkpointing on/off; tests/estimate/test_rss.py and bench/estimate_accuracy.py).
 """
 
 from __future__ import annotations

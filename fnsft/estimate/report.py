@@ -11,7 +11,7 @@ JSON schema ``fnsft-estimate/1`` (bytes are integers, per GPU; per process with 
   ``gradients``, ``optimizer_states``, ``activations``, ``activations_without_checkpointing``,
   ``activations_with_checkpointing``, ``recompute``, ``logits_saved``, ``logits_transient``,
   ``optimizer_transient``, ``workspace``, ``communication``, ``overhead``, ``total``, ``cpu_offloaded``.
-* ``peak_phase``: when the peak happens ("loss (end of forward)", "backward", "optimizer step", "model loading").
+* ``peak_phase``: when the peak happens ("loss (end of forward)", "backward", "optimizer step").
 * ``fit``: list of ``{"gpu": name or null, "memory_bytes": int, "fits": bool, "headroom_bytes": int}``.
 * ``suggestions``: list of ``{"description", "changes", "total_bytes"}``, cheapest first (empty when it fits).
 * ``recommendation``: the guide's PEFT-vs-full line.
