@@ -34,7 +34,7 @@ def sample():  # the interpreter's import peak is larger than a small merge: sam
 start = process.memory_info().rss
 sampler = threading.Thread(target=sample)
 sampler.start()
-if mode == "shardwise":
+if mode == "streaming":
     merge_lora(Path(base), Path(adapter), Path(target), max_shard_bytes=int(shard))
 elif mode == "peft":
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
@@ -92,7 +92,7 @@ def main() -> None:
             row = {"hidden": hidden, "model_bytes": size,
                    "largest_tensor_bytes": max(entry.nbytes for entry in weight_entries(base)),
                    "adapter_bytes": (adapter / "adapter_model.safetensors").stat().st_size}
-            for mode in ("shardwise", "peft"):
+            for mode in ("streaming", "peft"):
                 row[f"{mode}_peak_bytes"] = measure(mode, base, adapter, root / f"out-{mode}-{hidden}", shard)
             rows.append(row)
             print(json.dumps(row))
@@ -106,7 +106,7 @@ def main() -> None:
     mib = 1024**2
     sizes = [r["model_bytes"] / mib for r in rows]
     plt.figure(figsize=(6, 4))
-    plt.plot(sizes, [r["shardwise_peak_bytes"] / mib for r in rows], "o-", label="fnsft tensor-at-a-time")
+    plt.plot(sizes, [r["streaming_peak_bytes"] / mib for r in rows], "o-", label="fnsft tensor-at-a-time")
     plt.plot(sizes, [r["peft_peak_bytes"] / mib for r in rows], "s-", label="PEFT merge_and_unload")
     plt.plot(sizes, sizes, ":", color="gray", label="model size")
     plt.plot(sizes, [r["largest_tensor_bytes"] / mib for r in rows], "--", color="gray", label="largest tensor")

@@ -48,6 +48,7 @@ def test_peft_runs_push_the_adapter_only_by_default(runs):
     assert plan.kinds == ["adapter"]
     card = plan.card
     assert "license: mit" in card  # inherited from the base model's README, not hard-coded
+    assert "datasets:" not in card and "data/chat.jsonl" in card  # a local file is named, not claimed as a Hub id
     assert "library_name: peft" in card and "- fnsft" in card and "- lora" in card
     assert "AutoPeftModelForCausalLM" in card and "me/tiny-lora" in card
     assert "learning_rate: 0.0002" in card  # the resolved recipe is embedded

@@ -74,10 +74,15 @@ def base_model_info(recipe: Recipe) -> BaseModelInfo:
     return info
 
 
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow")
+METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
+
+
 def _dataset_ids(recipe: Recipe) -> list[str]:
     """Only Hub dataset ids belong in the card's ``datasets`` metadata; local files are named in the text."""
     path = recipe.data.path
-    return [path] if HUB_ID.match(path) and not Path(path).exists() else []
+    local = Path(path).exists() or path.lower().endswith(DATA_FILE_SUFFIXES)
+    return [path] if HUB_ID.match(path) and not local else []
 
 
 def _how_to_load(kind: ArtifactKind, repo_id: str, base: BaseModelInfo, gguf_files: list[str]) -> str:
@@ -153,11 +158,12 @@ def model_card(
               *(["gguf"] if kind == "gguf" else []), *(["merged"] if kind == "merged" else [])],
         pipeline_tag="text-generation",
     )
-    artifact = {"adapter": f"a {method.upper()} adapter", "full": "a fully fine-tuned model",
-                "merged": f"{method.upper()} adapter merged into its base model", "gguf": "GGUF files"}[kind]
+    label = METHOD_LABELS[method]
+    artifact = {"adapter": f"A {label} adapter", "full": "A fully fine-tuned model",
+                "merged": f"The {label} adapter merged into its base model", "gguf": "GGUF files"}[kind]
     lines = [
         f"# {repo_id.split('/')[-1]}", "",
-        f"{artifact.capitalize()} of **{base.name}**, fine-tuned with fnsft ({method}).", "",
+        f"{artifact} of **{base.name}**, fine-tuned with fnsft ({label}).", "",
         "## How to load", "", _how_to_load(kind, repo_id, base, gguf_files or []),
         "## Training", "",
         f"- base model: `{base.name}`" + (f" (license {base.license}, from {base.license_source})" if base.license

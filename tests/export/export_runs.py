@@ -116,14 +116,14 @@ def reference_merged_model(run: RunDir, base_dir: Path):
     return PeftModel.from_pretrained(base, run.adapter).merge_and_unload().eval()
 
 
-def prompt_logits(model, tokenizer_dir: Path):
-    """Last-layer logits of the fixed prompts, one tensor per prompt."""
+def prompt_logits(model, tokenizer_dir: Path, prompts: list[str] = PROMPTS):
+    """Logits at every position of each prompt, one tensor per prompt."""
     import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     with torch.no_grad():
-        return [model(**tokenizer(prompt, return_tensors="pt")).logits[0].float() for prompt in PROMPTS]
+        return [model(**tokenizer(prompt, return_tensors="pt")).logits[0].float() for prompt in prompts]
 
 
 def compare_logits(expected: list, actual: list) -> dict[str, float]:

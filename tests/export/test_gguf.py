@@ -20,7 +20,8 @@ from fnsft.export.files import ensure_free_space
 from fnsft.export.gguf import detect_pre_tokenizer
 from fnsft.export.pipeline import export_run
 
-THRESHOLDS = {"f16": 5e-3, "q8_0": 5e-2}
+#: (minimum argmax agreement, maximum |Δlogit|) per type; the tiny trained models' logits reach ~1.5.
+THRESHOLDS = {"f16": (0.99, 5e-3), "bf16": (0.99, 5e-2), "q8_0": (0.99, 5e-2), "q4_0": (0.9, 0.5)}
 
 
 def _gguf_logits(run, qtype: str):
@@ -35,18 +36,20 @@ def _check_round_trip(expected, actual, qtype: str, label: str) -> None:
     if qtype == "f32":
         assert all(torch.equal(a, e) for a, e in zip(actual, expected, strict=True)), measured
     else:
-        assert measured["argmax_agreement"] >= 0.99, measured
-        assert 0 < measured["max_abs_error"] < THRESHOLDS[qtype], measured
+        min_agreement, max_error = THRESHOLDS[qtype]
+        assert measured["argmax_agreement"] >= min_agreement, measured
+        assert 0 < measured["max_abs_error"] < max_error, measured
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma2"])
 def test_lora_run_round_trips_through_transformers(arch, small_run_factory):
     run, base = small_run_factory(arch)
-    result = export_run(run.root, gguf_types=["f32", "f16", "q8_0"])
+    qtypes = ["f32", "f16", "q8_0"] + (["bf16", "q4_0"] if arch == "llama" else [])
+    result = export_run(run.root, gguf_types=qtypes)
     written = {f.path.name for f in result.files}
-    assert {f"{run.root.name}-{q}.gguf" for q in ("f32", "f16", "q8_0")} | {"Modelfile"} <= written
+    assert {f"{run.root.name}-{q}.gguf" for q in qtypes} | {"Modelfile"} <= written
     expected = prompt_logits(reference_merged_model(run, base), run.adapter)
-    for qtype in ("f32", "f16", "q8_0"):
+    for qtype in qtypes:
         _check_round_trip(expected, _gguf_logits(run, qtype), qtype, arch)
 
 
