@@ -123,7 +123,11 @@ class FakeHub(BaseHTTPRequestHandler):
             files = json.loads(body)["files"]
             return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                                for f in files]})
+        if "/branch/" in self.path:
+            FakeHub.received["branch"] = self.path.rsplit("/", 1)[-1]
+            return self._reply(200, {})
         if "/commit/" in self.path:
+            FakeHub.received["commit_path"] = self.path
             for line in body.decode().splitlines():
                 entry = json.loads(line)
                 if entry["key"] == "file":
@@ -141,12 +145,13 @@ def test_real_client_uploads_everything_in_one_commit(runs, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        plan = plan_push(runs["lora"].root, "me/tiny-lora", private=True)
+        plan = plan_push(runs["lora"].root, "me/tiny-lora", private=True, revision="v1")
         url = execute_push(plan, token=TOKEN, endpoint=f"http://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
     assert url.endswith("/me/tiny-lora/commit/" + "a" * 40)
     assert FakeHub.received["create"]["visibility"] == "private"
+    assert FakeHub.received["branch"] == "v1" and FakeHub.received["commit_path"].endswith("/commit/v1")
     files = FakeHub.received["files"]
     assert set(files) == {item.path_in_repo for item in plan.items}
     assert files["README.md"].decode() == plan.card == FakeHub.received["validated_card"]
