@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--build-tokens", type=int, default=8000)
     parser.add_argument("--eval-tokens", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--exclude-top-rms", type=int, default=10)
+    parser.add_argument("--exclude-top-rms", type=int, default=10, help="N for the run with massive channels excluded")
+    parser.add_argument("--reuse-masks", action="store_true", help="load OUT/mask-*.json when present instead of rebuilding")
     parser.add_argument("--thresholds", default="percentile=98,union=2")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -49,7 +50,7 @@ def main() -> None:
     from fnsft.mask.build import BuildSettings, build_mask, cap_tokens, sample_sequences
     from fnsft.mask.evaluate import lesion_test, save_report
     from fnsft.mask.inputs import load_model
-    from fnsft.mask.maskfile import save_mask
+    from fnsft.mask.maskfile import load_mask, save_mask
     from fnsft.mask.report import pyplot, save_figure
     from fnsft.recipe.schema import ModelSection
 
@@ -61,13 +62,17 @@ def main() -> None:
     summary = {"model": SMOLLM2, "settings": vars(args) | {"out": str(args.out)}, "runs": []}
     for threshold in args.thresholds.split(","):
         started = time.perf_counter()
-        settings = BuildSettings(components=args.components, samples=None, max_tokens=args.build_tokens,
-                                 threshold=threshold, seed=args.seed)
-        mask = build_mask(loaded.model, build_seqs, settings, model_name=SMOLLM2, source_identity=loaded.identity,
-                          pad_token_id=tokenizer.pad_token_id, data_source="chatterbot-corpus/english (even categories)")
-        build_s = time.perf_counter() - started
         tag = threshold.replace("=", "")
-        mask_path = save_mask(mask, args.out / f"mask-{tag}.json")
+        mask_path = args.out / f"mask-{tag}.json"
+        if args.reuse_masks and mask_path.is_file():
+            mask = load_mask(mask_path)
+        else:
+            settings = BuildSettings(components=args.components, samples=None, max_tokens=args.build_tokens,
+                                     threshold=threshold, seed=args.seed)
+            mask = build_mask(loaded.model, build_seqs, settings, model_name=SMOLLM2, source_identity=loaded.identity,
+                              pad_token_id=tokenizer.pad_token_id, data_source="chatterbot-corpus/english (even categories)")
+            save_mask(mask, mask_path)
+        build_s = time.perf_counter() - started
         for exclude in sorted({0, args.exclude_top_rms}):
             started = time.perf_counter()
             report = lesion_test(loaded.model, mask, eval_seqs, pad_token_id=tokenizer.pad_token_id, mask_file=str(mask_path),

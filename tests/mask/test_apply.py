@@ -198,3 +198,23 @@ def test_mask_built_on_the_fly_from_training_data_is_saved_in_the_run_dir(tiny_l
         assert handle.provenance["layers"] == [1]
     finally:
         handle.remove()
+
+
+def test_freeze_rows_qlora_keeps_lora_b_rows(tiny_llama_dir, built_mask, token_seqs):
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_compute_dtype=torch.float32),
+    )
+    model = get_peft_model(quantized, LoraConfig(r=4, target_modules=["down_proj", "up_proj"]))
+    handle = attach_training_masks(model, _section(built_mask, components=[0, 1]))
+    assert all("lora_B" in name for name in handle.provenance["frozen_parameters"])  # 4-bit base weights: untouched
+    b = {layer: model.base_model.model.model.layers[layer].mlp.down_proj.lora_B["default"].weight for layer in (0, 1)}
+    _train_steps(model, handle, token_seqs)
+    for layer, vector in handle.masks.vectors.items():
+        assert (b[layer][(vector == 0).nonzero().flatten()] == 0).all()
+        assert (b[layer][(vector == 1).nonzero().flatten()] != 0).any()
+    handle.remove()
