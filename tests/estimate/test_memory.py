@@ -65,6 +65,7 @@ def test_large_vocabulary_logits_are_visible():
     ({"seq_len": 5000}, "beyond"),
     ({"lora_targets": ["nope_proj"]}, "nope_proj"),
     ({"sharding": "zero3"}, "num-gpus"),
+    ({"offload": "params"}, "zero3"),
     ({"method": "qlora", "precision": "fp32"}, "16-bit"),
 ])
 def test_nonsense_input_is_a_clear_error(fields, message):
