@@ -1,6 +1,8 @@
 """Wall time and peak RSS of the mask pipeline vs tokens and vs feature width, on CPU. Writes JSON + PNG.
 
-    python bench/mask_scaling.py [--out bench/results] [--quick]
+    python bench/mask_scaling.py [--out bench/results] [--quick] [--parts ica,smollm2] [--budget-mb 512]
+
+Writes mask_scaling_ica.json, mask_scaling_smollm2.json (each part can be rerun alone) and mask_scaling.png.
 
 Part 1 (ICA stage, synthetic activations): tokens × features for the widths of SmolLM2-135M (30 × 576),
 a 1B model (16 × 2048) and a 7B model (32 × 4096), with a fixed RAM budget for the activation store. Each
@@ -36,12 +38,14 @@ def ica_point(tokens: int, features: int, components: int, budget: int) -> dict:
 
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(components, features)).astype(np.float32)
+    step = max(1, (16 << 20) // (8 * features))  # small generator batches: their temporaries must not dominate RSS
     start = time.perf_counter()
     with ActivationStore(features, budget) as store:
-        for begin in range(0, tokens, 512):
-            rows = min(512, tokens - begin)
+        for begin in range(0, tokens, step):
+            rows = min(step, tokens - begin)
             sources = rng.laplace(size=(rows, components)).astype(np.float32)
-            store.append(sources @ mixing + rng.normal(size=(rows, features)).astype(np.float32))
+            noise = rng.standard_normal(size=(rows, features), dtype=np.float32)
+            store.append(sources @ mixing + noise)
         filled = time.perf_counter()
         result = run_ica(store, components, seed=0)
         spilled = store.spilled
@@ -120,27 +124,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller points (a few minutes on 2 cores)")
+    parser.add_argument("--parts", default="ica,smollm2", help="which parts to (re)run: ica, smollm2")
+    parser.add_argument("--budget-mb", type=int, default=BUDGET >> 20, help="RAM budget of the activation store")
     args = parser.parse_args()
-    token_grid = [1000, 4000, 8000] if args.quick else [1000, 4000, 8000, 16000, 32000]
+    budget = args.budget_mb << 20
+    parts = set(args.parts.split(","))
+    token_grid = [1000, 4000, 8000, 16000] if args.quick else [1000, 4000, 8000, 16000, 32000]
     grid = {
         WIDTHS["smollm2-135m (30x576)"]: token_grid,
-        WIDTHS["1b (16x2048)"]: token_grid[:3],
+        WIDTHS["1b (16x2048)"]: token_grid[:2],
         WIDTHS["7b (32x4096)"]: [1000, 2000] if args.quick else [1000, 2000, 4000],
     }
-    results = {"budget_bytes": BUDGET, "ica": [], "smollm2": []}
-    for features, tokens_list in grid.items():
-        for tokens in tokens_list:
-            point = run_child("ica_point", tokens=tokens, features=features, components=10, budget=BUDGET)
-            print(json.dumps(point), flush=True)
-            results["ica"].append(point)
-    for tokens in [1000, 4000] if args.quick else [1000, 4000, 8000, 16000]:
-        point = run_child("smollm2_point", tokens=tokens, budget=BUDGET)
-        print(json.dumps(point), flush=True)
-        results["smollm2"].append(point)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mask_scaling.json").write_text(json.dumps(results, indent=1) + "\n")
+    if "ica" in parts:
+        points = []
+        for features, tokens_list in grid.items():
+            for tokens in tokens_list:
+                points.append(run_child("ica_point", tokens=tokens, features=features, components=10, budget=budget))
+                print(json.dumps(points[-1]), flush=True)
+        (args.out / "mask_scaling_ica.json").write_text(json.dumps({"budget_bytes": budget, "points": points}, indent=1) + "\n")
+    if "smollm2" in parts:
+        points = []
+        for tokens in [1000, 4000] if args.quick else [1000, 4000, 8000, 16000]:
+            points.append(run_child("smollm2_point", tokens=tokens, budget=budget))
+            print(json.dumps(points[-1]), flush=True)
+        (args.out / "mask_scaling_smollm2.json").write_text(json.dumps({"budget_bytes": budget, "points": points}, indent=1) + "\n")
+    results = {"budget_bytes": budget, "ica": [], "smollm2": []}
+    for part in ("ica", "smollm2"):
+        saved = args.out / f"mask_scaling_{part}.json"
+        if saved.is_file():
+            results[part] = json.loads(saved.read_text())["points"]
+            results[f"{part}_budget_bytes"] = json.loads(saved.read_text())["budget_bytes"]
+    results["budget_bytes"] = results.get("ica_budget_bytes", budget)
     plot(results, args.out / "mask_scaling.png")
-    print(f"wrote {args.out / 'mask_scaling.json'} and {args.out / 'mask_scaling.png'}")
+    print(f"wrote {args.out / 'mask_scaling_*.json'} and {args.out / 'mask_scaling.png'}")
 
 
 if __name__ == "__main__":
