@@ -18,6 +18,7 @@ from fnsft.commands import mask as mask_cmd
 from fnsft.commands import migrate as migrate_cmd
 from fnsft.commands import push as push_cmd
 from fnsft.commands import recipe as recipe_cmd
+from fnsft.commands import reproduce as reproduce_cmd
 from fnsft.commands import train as train_cmd
 from fnsft.errors import FnsftError
 
@@ -56,6 +57,7 @@ app.command("export")(export_cmd.export)
 app.command("push")(push_cmd.push)
 app.add_typer(recipe_cmd.app, name="recipe")
 app.command("env")(env_cmd.env)
+app.command("reproduce")(reproduce_cmd.reproduce)
 
 
 def main() -> None:

@@ -100,7 +100,7 @@ def _messages(row: Mapping[str, Any], where: str) -> dict:
         if not isinstance(turn, Mapping):
             raise DataError(f"{where}: {key}[{i}] must be a mapping with 'role' and 'content'")
         role = turn.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise DataError(f"{where}: {key}[{i}].role is {role!r}; expected one of {sorted(CHAT_ROLES)}")
         messages.append({"role": role, "content": _text_field(turn, "content", f"{where}: {key}[{i}]")})
     return {"messages": _checked(messages, where)}

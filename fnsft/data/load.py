@@ -67,6 +67,39 @@ def _locate_json_problem(file: Path) -> str:
     return f"{file}: rows have inconsistent field types (e.g. a field that is text in one row and a list in another)"
 
 
+def _has_non_object_rows(file: Path) -> bool:
+    """A row that is not a JSON object. pyarrow's JSON reader crashes the whole process (segfault) on some of
+    them, e.g. a JSONL file holding a lone ``null`` (found by tests/test_fuzz.py), so look before it reads."""
+    blank = b" \t\r\n\xef\xbb\xbf"  # whitespace and a UTF-8 byte-order mark
+    with file.open("rb") as handle:
+        head = handle.read(4096).lstrip(blank)[:1]
+        if file.suffix == ".json" or head == b"[":  # one JSON document: an array of rows (or an object)
+            return bool(head) and head not in (b"[", b"{")
+        handle.seek(0)
+        for line in handle:
+            start = line.lstrip(blank)[:1]
+            if start and start != b"{":
+                return True
+    return False
+
+
+def _nul_field_name(features: Any, where: str = "") -> str | None:
+    """A field name holding a NUL character, anywhere in the nested features. Arrow cuts such names at the NUL, so
+    reading the rows later fails deep inside datasets with a bare KeyError/ValueError (found by test_fuzz.py)."""
+    if isinstance(features, dict):
+        for name, inner in features.items():
+            if "\x00" in name:
+                return f"{where}{name!r}"
+            found = _nul_field_name(inner, f"{where}{name}.")
+            if found:
+                return found
+    elif isinstance(features, list | tuple):
+        return next((found for item in features if (found := _nul_field_name(item, where))), None)
+    elif hasattr(features, "feature"):  # datasets.List / Sequence
+        return _nul_field_name(features.feature, where)
+    return None
+
+
 def _load_local(path: Path, section: DataSection) -> RawData:
     from datasets import load_dataset
 
@@ -75,6 +108,10 @@ def _load_local(path: Path, section: DataSection) -> RawData:
     if len(builders) > 1:
         raise DataError(f"{path}: mixed file types ({', '.join(sorted(builders))}); keep one kind per directory")
     builder = builders.pop()
+    if builder == "json":
+        for file in files:
+            if _has_non_object_rows(file):
+                raise DataError(_locate_json_problem(file))
     try:
         dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as exc:  # datasets wraps parser errors in several types; find the line ourselves
@@ -82,6 +119,9 @@ def _load_local(path: Path, section: DataSection) -> RawData:
             problems = [_locate_json_problem(f) for f in files]
             raise DataError(problems[0]) from None
         raise DataError(f"{path}: cannot read {builder} data: {str(exc).splitlines()[0]}") from None
+    bad_name = _nul_field_name(dataset.features)
+    if bad_name is not None:
+        raise DataError(f"{path}: field name {bad_name} contains a NUL character; rename the field")
     line_offset = 1 if builder == "json" and len(files) == 1 and files[0].suffix == ".jsonl" else 0
     if builder == "csv":
         line_offset = 2  # header line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -10,11 +11,16 @@ from pathlib import Path
 from fnsft.errors import TrainError
 from fnsft.recipe.load import dump_recipe, load_recipe
 from fnsft.recipe.schema import Recipe
-from fnsft.rundir import RunDir
+from fnsft.rundir import CHECKPOINTS, LOCK, RunDir
 
 CHECKPOINT_PREFIX = "checkpoint-"
+#: Written last, atomically, into each finished checkpoint (fnsft.train.signals.CompletionMarkerCallback).
+COMPLETION_MARKER = "fnsft-complete.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WRITE_PROBE = ".write-test"
+#: Files fnsft itself may leave in an otherwise empty output dir (a live or stale lock, a write probe).
+SCRATCH_NAMES = frozenset({LOCK, WRITE_PROBE})
 
 
 def _step(path: Path) -> int:
@@ -24,8 +30,25 @@ def _step(path: Path) -> int:
         return -1
 
 
+def write_completion_marker(checkpoint: Path) -> None:
+    """Record every file of a just-written checkpoint with its size; its presence means "complete"."""
+    from fnsft.atomic import atomic_write_json
+
+    files = {p.name: p.stat().st_size for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != COMPLETION_MARKER}
+    atomic_write_json(checkpoint / COMPLETION_MARKER, {"files": files})
+
+
 def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (missing or truncated files), or None if it is complete."""
+    """Why a checkpoint cannot be resumed from (interrupted save, missing or truncated files), or None if complete."""
+    try:
+        recorded = json.loads((path / COMPLETION_MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its save did not finish (no completion marker)"
+    for name, size in recorded.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if (path / name).stat().st_size != size:
+            return f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
     for name in STATE_FILES:
         if not (path / name).is_file() or (path / name).stat().st_size == 0:
             return f"{name} missing or empty"
@@ -36,26 +59,23 @@ def checkpoint_problem(path: Path) -> str | None:
     except (OSError, ValueError):
         return "trainer_state.json is not valid JSON"
     for weights in path.glob("*.safetensors"):
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as handle:
-                handle.keys()
-        except Exception:
+        if not _safetensors_complete(weights):
             return f"{weights.name} is truncated or corrupt"
-        header = int.from_bytes(weights.read_bytes()[:8], "little") if weights.stat().st_size >= 8 else -1
-        if header < 0 or not _payload_complete(weights, header):
-            return f"{weights.name} is truncated"
     return None
 
 
-def _payload_complete(weights: Path, header_size: int) -> bool:
-    """safetensors' header lists each tensor's byte range; the file must reach the last one."""
-    with weights.open("rb") as handle:
-        handle.seek(8)
-        header = json.loads(handle.read(header_size))
+def _safetensors_complete(weights: Path) -> bool:
+    """The header parses and the file reaches the end of the last tensor it lists (reads the header only)."""
+    try:
+        with weights.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(header, dict):
+        return False
     ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
-    return weights.stat().st_size >= 8 + header_size + (max(ends) if ends else 0)
+    return weights.stat().st_size == 8 + header_size + (max(ends) if ends else 0)
 
 
 def checkpoints(run: RunDir) -> list[Path]:
@@ -76,6 +96,15 @@ def latest_complete_checkpoint(run: RunDir, warn=None) -> Path | None:
     return None
 
 
+def discard_torn_checkpoints(run: RunDir, resume_from: Path | None, warn) -> None:
+    """Delete checkpoints newer than the one resumed from: they are torn, and the Trainer will write them again."""
+    newest_good = _step(resume_from) if resume_from is not None else -1
+    for path in checkpoints(run):
+        if _step(path) > newest_good:
+            shutil.rmtree(path)
+            warn(f"removed the incomplete {path.name}")
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     changed = []
@@ -91,9 +120,10 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path | None:
     """Check the directory may hold this run; return the checkpoint to resume from (or None)."""
     root = run.root
+    refuse_if_locked(run)
     if root.exists() and not root.is_dir():
         raise TrainError(f"{root}: output path exists and is not a directory")
-    if root.is_dir() and any(root.iterdir()):
+    if root.is_dir() and any(p.name not in SCRATCH_NAMES for p in root.iterdir()):
         if not run.recipe.is_file():
             raise TrainError(f"{root}: output directory is not empty and holds no fnsft run; choose another output.dir")
         previous = load_recipe(run.recipe).resolved()
@@ -112,12 +142,13 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
             found = latest_complete_checkpoint(run, warn)
             if found is None:
                 warn("no complete checkpoint to resume from: starting from step 0")
+            discard_torn_checkpoints(run, found, warn)
             return found
     elif resume:
         warn(f"{root}: nothing to resume; starting a new run")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
+        probe = root / WRITE_PROBE
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -125,19 +156,65 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
     return None
 
 
+def predicted_disk_bytes(recipe: Recipe, *, trainable: int, total: int, bytes_per_param: int, train_rows: int) -> int:
+    """Disk that checkpoints and the final weights will need, with a 10% margin.
+
+    A checkpoint holds the saved weights (the adapter for LoRA/QLoRA, every parameter for full fine-tuning), AdamW's
+    two fp32 moments per trainable parameter, and small state files. Checkpoints kept = save_total_limit, or all of
+    them; one more may come from a SIGTERM/SIGINT save.
+    """
+    training = recipe.training
+    saved_weights = (trainable if recipe.method.is_peft else total) * bytes_per_param
+    per_checkpoint = saved_weights + 8 * trainable
+    steps = training.max_steps
+    if steps <= 0:
+        batches = math.ceil(train_rows / training.per_device_train_batch_size)
+        steps = math.ceil(math.ceil(batches / training.gradient_accumulation_steps) * training.num_train_epochs)
+    saves = steps // training.save_steps + 1
+    kept = min(saves, training.save_total_limit) if training.save_total_limit else saves
+    return int(1.1 * (kept * per_checkpoint + saved_weights))
+
+
 def check_free_disk(root: Path, needed_bytes: int) -> None:
+    """Refuse to start a run whose checkpoints would fill the disk (a full disk mid-save tears checkpoints).
+
+    Checkpoints already in the directory (a resumed run) count as part of the need: they are on disk already.
+    """
+    existing = root / CHECKPOINTS
+    already = sum(f.stat().st_size for f in existing.rglob("*") if f.is_file()) if existing.is_dir() else 0
+    needed_bytes = max(0, needed_bytes - already)
     free = shutil.disk_usage(root).free
     if free < needed_bytes:
         raise TrainError(
-            f"{root}: {free / 2**30:.1f} GiB free, but checkpoints and the final weights need about "
-            f"{needed_bytes / 2**30:.1f} GiB. Free some space or choose another output.dir."
+            f"{root}: {_size(free)} free, but checkpoints and the final weights need about {_size(needed_bytes)}. "
+            "Free some space, lower training.save_total_limit, or choose another output.dir."
         )
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def refuse_if_locked(run: RunDir) -> None:
+    """A live lock means another `fnsft train` is writing this directory: say so before looking at its contents."""
+    owner = RunLock(run).owner()
+    if owner is not None and _alive(*owner):
+        raise TrainError(_busy_message(run, owner[0]))
+
+
+def _busy_message(run: RunDir, pid: int) -> str:
+    return f"{run.root}: another fnsft train (pid {pid}) is writing here. Wait for it, or use another output.dir."
+
+
 class RunLock:
-    """An exclusive lock file: a second `fnsft train` on the same directory refuses instead of corrupting it."""
+    """An exclusive lock file: a second `fnsft train` on the same directory refuses instead of corrupting it.
+
+    The file holds the owner's pid and process start time, so a lock left by a killed run is taken over even if
+    its pid has since been reused by an unrelated process.
+    """
 
     def __init__(self, run: RunDir) -> None:
+        self.run = run
         self.path = run.lock
         self.held = False
 
@@ -146,23 +223,22 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise TrainError(
-                        f"{self.path.parent}: another fnsft train (pid {owner}) is writing here. "
-                        "Wait for it, or use another output.dir."
-                    ) from None
+                owner = self.owner()
+                if owner is not None and _alive(*owner):
+                    raise TrainError(_busy_message(self.run, owner[0])) from None
                 self.path.unlink(missing_ok=True)  # stale lock of a killed run
                 continue
             with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
+                handle.write(f"{os.getpid()} {_start_time(os.getpid())}")
             self.held = True
             return self
         raise TrainError(f"{self.path}: cannot take the run lock")
 
-    def _owner(self) -> int | None:
+    def owner(self) -> tuple[int, str] | None:
+        """(pid, start time) of the lock's holder, or None without a readable lock."""
         try:
-            return int(self.path.read_text().strip())
+            pid, _, started = self.path.read_text().strip().partition(" ")
+            return int(pid), started
         except (OSError, ValueError):
             return None
 
@@ -172,7 +248,16 @@ class RunLock:
             self.held = False
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str:
+    """The process start time in clock ticks since boot (Linux /proc), or "" where unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name in parentheses may hold spaces
+
+
+def _alive(pid: int, started: str = "") -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -180,8 +265,8 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not started or _start_time(pid) in ("", started)
 
 
 def write_recipe(run: RunDir, recipe: Recipe) -> None:

@@ -84,17 +84,22 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
     started = time.time()
     run = RunDir.at(recipe.output.dir)
     fresh = not run.root.exists()
+    if is_main_process():
+        outdir.refuse_if_locked(run)  # before judging the directory's contents: another run may be writing them
     checkpoint = outdir.prepare_output_dir(run, recipe, resume, _warn)
-    try:
-        with outdir.RunLock(run) if is_main_process() else contextlib.nullcontext():
-            return _train_locked(recipe, run, checkpoint, started)
-    except FnsftError:
-        if fresh and is_main_process() and not outdir.checkpoints(run):
-            shutil.rmtree(run.root, ignore_errors=True)  # bad input found before training: leave nothing behind
-        raise
+    from fnsft.train.signals import PreemptionCallback
+
+    with outdir.RunLock(run) if is_main_process() else contextlib.nullcontext():
+        try:  # inside the lock: only its holder may clean up, never a directory another run is writing
+            with PreemptionCallback().installed() as preemption:  # SIGTERM/SIGINT: stop cleanly, see signals.py
+                return _train_locked(recipe, run, checkpoint, started, preemption)
+        except FnsftError:
+            if fresh and is_main_process() and not outdir.checkpoints(run):
+                shutil.rmtree(run.root, ignore_errors=True)  # bad input found before training: leave nothing behind
+            raise
 
 
-def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started: float) -> RunResult:
+def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started: float, preemption: Any) -> RunResult:
     quiet_libraries()
     import torch
     from transformers import PrinterCallback
@@ -102,17 +107,28 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
 
     from fnsft.data.prepare import prepare_datasets
     from fnsft.models import load_causal_lm, load_config, load_tokenizer, resolve_model
-    from fnsft.train.build import lora_config, quantization_config, resolve_precision, sft_config, torch_dtype
+    from fnsft.reproduce import check_dataset_pin
+    from fnsft.train.build import (
+        lora_config,
+        quantization_config,
+        report_targets,
+        resolve_precision,
+        sft_config,
+        torch_dtype,
+    )
     from fnsft.train.callbacks import RichProgressCallback, measured_peak_memory
     from fnsft.train.evaluate import exact_match
+    from fnsft.train.signals import CompletionMarkerCallback, install_test_kill_hook
 
     torch.manual_seed(recipe.training.seed)
+    report_to = report_targets(recipe)
     source = resolve_model(recipe.model)
     if recipe.model.trust_remote_code:
         _warn(f"trust_remote_code is on: code from {recipe.model.name_or_path} will run on this machine")
     _info(f"[bold]model[/] {recipe.model.name_or_path} ({source.kind})   [bold]method[/] {recipe.method.name}")
     tokenizer = load_tokenizer(source, recipe.model)
     data = prepare_datasets(recipe.data, tokenizer, recipe.training.seed)
+    check_dataset_pin(recipe.data, data.fingerprint)
     eval_rows = len(data.eval) if data.eval is not None else 0
     _info(
         f"[bold]data[/] {recipe.data.path}: {data.format} ({data.detection}); "
@@ -126,7 +142,6 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     architecture = getattr(load_config(source, recipe.model), "model_type", None) if source.kind != "gguf" else model.config.model_type
     mask_handle = _attach_mask(model, recipe, source.identity)
 
-    report_to = [target for target in recipe.output.report_to if target != "none"] or ["none"]
     progress = RichProgressCallback()
     trainer = SFTTrainer(
         model=model,
@@ -135,12 +150,16 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=lora_config(recipe),
-        callbacks=[progress],
+        callbacks=[progress, preemption, CompletionMarkerCallback()],
     )
+    install_test_kill_hook(trainer)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     _info(f"[bold]parameters[/] {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)   precision {precision}")
+    bytes_per_param = next(trainer.model.parameters()).element_size()
+    outdir.check_free_disk(run.root, outdir.predicted_disk_bytes(
+        recipe, trainable=trainable, total=total, bytes_per_param=bytes_per_param, train_rows=data.num_train))
 
     main = is_main_process()
     if checkpoint is None and main:
@@ -163,6 +182,12 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         progress.stop()
+        preemption.restore()  # past training: nothing left that a checkpoint could save
+    if preemption.signum is not None:
+        from fnsft.train.signals import TrainingInterrupted, interrupted_message
+
+        saved = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
+        raise TrainingInterrupted(interrupted_message(preemption, saved, run.recipe), preemption.signum)
     metrics["train_loss"] = train_output.training_loss
     metrics["global_step"] = trainer.state.global_step
     if data.eval is not None:
@@ -183,6 +208,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     atomic_write_json(run.metrics, metrics)
 
     from fnsft.manifest import build_manifest, write_manifest
+    from fnsft.reproduce import runtime_facts
 
     memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe)}
     manifest = build_manifest(
@@ -199,6 +225,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         mask=mask_handle.provenance if mask_handle is not None else None,
         distributed=_distributed_facts(recipe),
     )
+    manifest["devices"] = runtime_facts()  # what `fnsft reproduce` compares besides packages and hardware
     write_manifest(run, manifest)
     _print_summary(run, target, metrics)
     return RunResult(run, metrics, manifest)

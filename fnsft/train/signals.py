@@ -1,0 +1,170 @@
+"""Preemption and crash safety for `fnsft train`: SIGTERM/SIGINT save a checkpoint and exit; checkpoints get a
+completion marker so a torn one is never resumed from.
+
+Also holds a test-only fault-injection hook (``FNSFT_TEST_KILL_AT``) that lets the test suite kill a real training
+process at exact points (mid-step, mid-checkpoint-save, mid-evaluation). It does nothing unless that variable is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from fnsft.errors import TrainError
+from fnsft.train.outdir import write_completion_marker
+
+#: Exit codes follow the shell convention 128 + signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: Test-only: ``step:N`` (SIGKILL during step N, after backward, before the optimizer update), ``save:N`` (SIGKILL
+#: while checkpoint-N is being written: weights on disk, optimizer state not yet), ``eval:N`` (SIGKILL inside the
+#: evaluation at step N; 0 is the evaluation before training), ``sigterm:N`` / ``sigint:N`` (the process sends
+#: itself that signal during step N, to exercise the real handler at a known step; N=0: before training starts).
+TEST_KILL_ENV = "FNSFT_TEST_KILL_AT"
+
+
+class TrainingInterrupted(TrainError):
+    """SIGTERM/SIGINT stopped `fnsft train` cleanly (after saving a checkpoint, once training has begun); the exit
+    code is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM/SIGINT handling for one `fnsft train`.
+
+    Before training starts (loading, tokenizing, the first evaluation) a signal stops at once with a clean
+    ``TrainingInterrupted``: nothing was trained, nothing needs saving. Once training runs, the handler only records
+    the signal; the Trainer acts on it at the next step end (or evaluation end) through ``TrainerControl``: it writes
+    checkpoint-N itself, consistently, and stops; the caller then raises ``TrainingInterrupted``.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.training = False
+        self._previous: dict[int, Any] = {}
+
+    @contextmanager
+    def installed(self) -> Iterator[PreemptionCallback]:
+        """Handle SIGTERM/SIGINT while the block runs (or until ``restore``); the previous handlers come back after."""
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in HANDLED_SIGNALS}
+        try:
+            yield self
+        finally:
+            self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        from fnsft.console import err
+
+        self.restore()  # a second Ctrl-C/SIGTERM behaves as it normally would
+        name = signal.Signals(signum).name
+        if not self.training:
+            raise TrainingInterrupted(
+                f"interrupted by {name} before training started: nothing was trained. Run the same command again.", signum
+            )
+        self.signum = signum
+        err.print(
+            f"\n[yellow]{name} received:[/] saving a checkpoint at the end of this step, then stopping "
+            "(a second signal stops at once).",
+            highlight=False,
+        )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        return control
+
+    def _stop_and_save(self, control: Any) -> Any:
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._stop_and_save(control)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        return self._stop_and_save(control)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+class CompletionMarkerCallback(TrainerCallback):
+    """Writes checkpoint-N/fnsft-complete.json once transformers has finished writing checkpoint-N.
+
+    transformers writes a checkpoint file by file, in place; a crash in between leaves a torn directory. The marker
+    (file names and sizes, written atomically, last) makes each checkpoint effectively atomic: one without a valid
+    marker is never resumed from (see ``outdir.checkpoint_problem``).
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:  # the main process only
+            write_completion_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
+
+
+def interrupted_message(callback: PreemptionCallback, checkpoint: Path, recipe_path: Path) -> str:
+    return (
+        f"training interrupted by {callback.signal_name}; checkpoint saved: {checkpoint}. "
+        f"Resume exactly where it stopped with: fnsft train {recipe_path} --resume"
+    )
+
+
+class _TestKillCallback(TrainerCallback):
+    """Test-only: kill this process at the point named by FNSFT_TEST_KILL_AT (see ``TEST_KILL_ENV``)."""
+
+    def __init__(self, point: str, step: int) -> None:
+        self.point = point
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.point in ("sigterm", "sigint") and state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM if self.point == "sigterm" else signal.SIGINT)
+        return control
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.point == "step" and state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return control
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.point == "eval" and state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return control
+
+
+def install_test_kill_hook(trainer: Any) -> None:
+    """Test-only fault injection, active only when FNSFT_TEST_KILL_AT is set (never in normal use)."""
+    spec = os.environ.get(TEST_KILL_ENV)
+    if not spec:
+        return
+    point, _, step = spec.partition(":")
+    if point not in ("step", "save", "eval", "sigterm", "sigint") or not step.isdigit():
+        raise TrainError(f"{TEST_KILL_ENV}={spec}: expected step:N, save:N, eval:N, sigterm:N or sigint:N")
+    if point in ("sigterm", "sigint") and int(step) == 0:  # before training starts
+        os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGINT)
+    if point == "save":
+        save_optimizer = trainer._save_optimizer_and_scheduler
+
+        def killing_save(output_dir: str) -> None:
+            if trainer.state.global_step == int(step):  # the weights of this checkpoint are already written
+                os.kill(os.getpid(), signal.SIGKILL)
+            save_optimizer(output_dir)
+
+        trainer._save_optimizer_and_scheduler = killing_save
+        return
+    trainer.add_callback(_TestKillCallback(point, int(step)))
