@@ -56,7 +56,7 @@ def eval_loss(model, sequences: Sequence[list[int]], *, pad_token_id: int, batch
 class Condition:
     name: str
     kind: str  # baseline | component | union | random-uniform | random-layer-matched | preserve
-    neurons: int
+    neurons: int  # how many neurons are zeroed (for preserve: all but the kept ones)
     share: float
     loss: float
     loss_std: float | None = None
