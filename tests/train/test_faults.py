@@ -43,6 +43,9 @@ class Finished:
 def child_env(kill_at: str | None = None, **extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("FNSFT_TEST_KILL_AT", None)
+    if "HOME" in extra:  # a private home: every default cache location then lies under it
+        for name in ("HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR"):
+            env.pop(name, None)
     if kill_at:
         env["FNSFT_TEST_KILL_AT"] = kill_at
     return env
@@ -113,12 +116,17 @@ def lora_reference(workdir) -> dict:
     """An uninterrupted LoRA run with a token in its environment, and a second run started on the same directory."""
     recipe = recipe_for(workdir, "lora-reference")
     run = workdir["root"] / "lora-reference"
-    first = start_train(recipe, HF_TOKEN=FAKE_TOKEN, HUGGING_FACE_HUB_TOKEN=FAKE_TOKEN)
+    home, scratch = workdir["root"] / "home", workdir["root"] / "tmp"
+    home.mkdir()
+    scratch.mkdir()
+    first = start_train(
+        recipe, HF_TOKEN=FAKE_TOKEN, HUGGING_FACE_HUB_TOKEN=FAKE_TOKEN, HOME=str(home), TMPDIR=str(scratch)
+    )
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT
     while not (run / ".lock").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     second = train(recipe)
-    return {"recipe": recipe, "run": run, "first": finish(first), "second": second}
+    return {"recipe": recipe, "run": run, "first": finish(first), "second": second, "home": home, "tmp": scratch}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +156,15 @@ def test_token_in_environment_is_written_nowhere(lora_reference):
     leaks = [p for p in lora_reference["run"].rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
     assert leaks == []
     assert len(list(lora_reference["run"].rglob("*"))) > 10  # the search did look at a whole run
+
+
+def test_nothing_is_written_outside_the_run_dir_and_documented_caches(lora_reference):
+    assert lora_reference["first"].returncode == 0
+    outside_caches = [
+        p for p in lora_reference["home"].rglob("*") if p.is_file() and ".cache/huggingface" not in p.as_posix()
+    ]
+    assert outside_caches == []  # FNSFT_CACHE is the repo's .cache here; HF's own cache is the other documented one
+    assert [p for p in lora_reference["tmp"].rglob("*") if p.is_file()] == []
 
 
 def test_lora_kill_mid_save_then_sigterm_then_resume_is_exact(workdir, lora_reference):
