@@ -140,8 +140,6 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         source, recipe.model, dtype=torch_dtype(weights_dtype), quantization_config=quantization_config(recipe, precision)
     )
     architecture = getattr(load_config(source, recipe.model), "model_type", None) if source.kind != "gguf" else model.config.model_type
-    mask_handle = _attach_mask(model, recipe, source.identity)
-
     progress = RichProgressCallback()
     trainer = SFTTrainer(
         model=model,
@@ -153,6 +151,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         callbacks=[progress, preemption, CompletionMarkerCallback()],
     )
     install_test_kill_hook(trainer)
+    # after PEFT wrapping, so frozen mask rows cover the LoRA B matrices too
+    mask_handle = _attach_mask(trainer, recipe, source.identity, tokenizer, run)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
@@ -238,13 +238,18 @@ def _distributed_facts(recipe: Recipe) -> dict[str, Any]:
     return {"world_size": world, "strategy": effective_strategy(recipe) if world > 1 else "none"}
 
 
-def _attach_mask(model: Any, recipe: Recipe, identity: dict) -> Any:
+def _attach_mask(trainer: Any, recipe: Recipe, identity: dict, tokenizer: Any, run: RunDir) -> Any:
+    """ICA masks as forward hooks on the (PEFT-wrapped) model; with no mask file one is built from the train data."""
     if recipe.mask is None:
         return None
-    from fnsft.mask.apply import attach_training_masks
+    from fnsft.mask.apply import BuildOnTheFly, attach_training_masks
 
-    handle = attach_training_masks(model, recipe.mask, identity)
-    _info(f"[bold]mask[/] {recipe.mask.path}: {recipe.mask.mode} components {recipe.mask.components}")
+    build = BuildOnTheFly(tokenizer, recipe.data, recipe.training.seed, run.root / "mask.json", recipe.model.name_or_path)
+    handle = attach_training_masks(trainer.model, recipe.mask, identity, build=build)
+    for callback in handle.trainer_callbacks():
+        trainer.add_callback(callback)
+    source = recipe.mask.path or f"{run.root / 'mask.json'} (built from the training data)"
+    _info(f"[bold]mask[/] {source}: {recipe.mask.mode} components {recipe.mask.components}")
     return handle
 
 

@@ -185,3 +185,18 @@ def test_quickstart_recipe_on_real_smollm2(tmp_path):
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
     assert manifest["base_model"]["identity"]["source"] == "gguf"
+
+
+def test_training_with_an_ica_mask_built_from_the_data(tiny_recipe, tmp_path):
+    """`mask:` with no file: networks are found on the training data, lesioned during training, recorded."""
+    extra = "mask:\n  mode: lesion\n  components: [0]\n"
+    result = invoke("train", tiny_recipe(extra), "--max_steps", "2")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert (run / "mask.json").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["mask"] and manifest["mask"]["mode"] == "lesion"
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        assert all("parametrizations" not in key for key in weights.keys())  # noqa: SIM118 (safe_open is no dict)
