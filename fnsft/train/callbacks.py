@@ -49,7 +49,7 @@ class RichProgressCallback(TrainerCallback):
                 self.last[key] = logs[key]
         if self.progress is not None:
             self.progress.update(self.task, stats=self._stats())
-        elif logs and ("loss" in logs or "eval_loss" in logs):
+        elif logs and ("loss" in logs or "eval_loss" in logs) and state.max_steps:  # not the eval before training
             err.print(f"step {state.global_step}/{state.max_steps}  {self._stats()}", highlight=False)
 
     def _stats(self) -> str:
