@@ -200,3 +200,30 @@ def test_training_with_an_ica_mask_built_from_the_data(tiny_recipe, tmp_path):
 
     with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as weights:
         assert all("parametrizations" not in key for key in weights.keys())  # noqa: SIM118 (safe_open is no dict)
+
+
+@pytest.mark.slow
+def test_nproc_2_matches_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):
+    """2 DDP ranks × batch 2 and 1 process × batch 4 see the same examples per step: same adapter within 1e-5."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--max_steps", "3", "--lora_dropout", "0", "--set", "data.validation_fraction=0"]
+    runs = {"one": ["--per_device_train_batch_size", "4"], "two": ["--per_device_train_batch_size", "2", "--nproc", "2"]}
+    for name, args in runs.items():
+        recipe = tiny_recipe(name=f"{name}.yaml", out=name)
+        result = subprocess.run(
+            [sys.executable, "-m", "fnsft.cli", "train", str(recipe), *common, *args],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    two = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert (one[key] - two[key]).abs().max().item() < 1e-5, key
+    assert not (tmp_path / "two" / "checkpoints" / "rank1").exists()
