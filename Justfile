@@ -9,7 +9,7 @@ image := "fnsft:" + `docker/tags.sh`
 default:
     @{{just_executable()}} --list --unsorted
 
-# Install into .venv, then fine-tune SmolLM2-135M on bundled chat data (CPU is enough)
+# Install into .venv, then LoRA-tune the real SmolLM2-135M on the bundled exact-answer tasks (CPU, ~4 min)
 quickstart:
     scripts/install.sh && .venv/bin/fnsft train recipes/quickstart.yaml
 
