@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
@@ -71,14 +68,11 @@ class RichProgressCallback(TrainerCallback):
             self.progress = None
 
 
-def peak_rss_bytes() -> int:
-    """Whole-process peak resident set size (Linux reports kilobytes, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def measured_peak_memory() -> dict[str, int | str]:
+    """Peak memory of this run, in the units the estimator predicts (one helper for both, so they compare)."""
     import torch
+
+    from fnsft.estimate.measure import peak_rss_bytes
 
     if torch.cuda.is_available():
         return {
