@@ -62,17 +62,30 @@ def _save_final(trainer: Any, tokenizer: Any, target: Path) -> None:
         raise
 
 
-def _predicted_memory(recipe: Recipe) -> dict[str, Any] | None:
-    """The estimator's prediction for this run (None where the model shape is unknown to it)."""
+def _predicted_memory(recipe: Recipe, longest_example: int) -> dict[str, Any] | None:
+    """The estimator's prediction for this run (None where the model shape is unknown to it).
+
+    Batches are padded to their longest example, so the run's worst case is the dataset's longest example (capped
+    at max_length; packed runs fill max_length). That is the prediction compared with the measured peak; the
+    prediction at max_length, the bound for any data, is recorded beside it.
+    """
     from fnsft.estimate import estimate, inputs_from_recipe
     from fnsft.train.build import cuda_available
 
+    device = "cuda" if cuda_available() else "cpu"
+    seq_len = recipe.data.max_length if recipe.data.packing else min(recipe.data.max_length, longest_example)
     try:
-        breakdown = estimate(inputs_from_recipe(recipe, device="cuda" if cuda_available() else "cpu"))
+        breakdown = estimate(inputs_from_recipe(recipe, device=device, seq_len=seq_len))
+        bound = estimate(inputs_from_recipe(recipe, device=device))
     except FnsftError as exc:
         _warn(f"memory estimate unavailable: {exc}")
         return None
-    return {"total_bytes": breakdown.total, "breakdown": breakdown.model_dump(mode="json")}
+    return {
+        "total_bytes": breakdown.total,
+        "seq_len": seq_len,
+        "total_bytes_at_max_length": bound.total,
+        "breakdown": breakdown.model_dump(mode="json"),
+    }
 
 
 def is_main_process() -> bool:
@@ -210,7 +223,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     from fnsft.manifest import build_manifest, write_manifest
     from fnsft.reproduce import runtime_facts
 
-    memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe)}
+    longest = max((len(ids) for ids in data.train["input_ids"]), default=1)
+    memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe, longest)}
     manifest = build_manifest(
         recipe,
         model_identity=source.identity,
