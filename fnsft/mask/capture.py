@@ -36,22 +36,18 @@ def unwrap_peft(model):
     return get_base() if callable(get_base) else model
 
 
+def _first_attribute(obj, names: tuple[str, ...]):
+    return next((module for name in names if (module := getattr(obj, name, None)) is not None), None)
+
+
 def block_mlp(block):
     """The feed-forward submodule of a decoder block, or None."""
-    for name in MLP_NAMES:
-        module = getattr(block, name, None)
-        if module is not None:
-            return module
-    return None
+    return _first_attribute(block, MLP_NAMES)
 
 
 def mlp_down_proj(mlp):
     """The down projection (intermediate → hidden) inside an MLP, or None."""
-    for name in DOWN_PROJ_NAMES:
-        module = getattr(mlp, name, None)
-        if module is not None:
-            return module
-    return None
+    return _first_attribute(mlp, DOWN_PROJ_NAMES)
 
 
 def find_decoder_blocks(model) -> list:

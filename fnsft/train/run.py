@@ -119,7 +119,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     from trl import SFTTrainer
 
     from fnsft.data.prepare import prepare_datasets
-    from fnsft.models import load_causal_lm, load_config, load_tokenizer, resolve_model
+    from fnsft.models import load_causal_lm, load_tokenizer, resolve_model
     from fnsft.reproduce import check_dataset_pin
     from fnsft.train.build import (
         lora_config,
@@ -152,7 +152,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     model = load_causal_lm(
         source, recipe.model, dtype=torch_dtype(weights_dtype), quantization_config=quantization_config(recipe, precision)
     )
-    architecture = getattr(load_config(source, recipe.model), "model_type", None) if source.kind != "gguf" else model.config.model_type
+    architecture = model.config.model_type
     progress = RichProgressCallback()
     trainer = SFTTrainer(
         model=model,
@@ -223,8 +223,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     from fnsft.manifest import build_manifest, write_manifest
     from fnsft.reproduce import runtime_facts
 
-    longest = max((len(ids) for ids in data.train["input_ids"]), default=1)
-    memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe, longest)}
+    lengths = [len(ids) for ids in data.train["input_ids"]]
+    memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe, max(lengths, default=1))}
     manifest = build_manifest(
         recipe,
         model_identity=source.identity,
@@ -234,7 +234,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
         memory=memory,
         started=started,
-        tokens_seen=_tokens_seen(trainer, data.train),
+        tokens_seen=int(sum(lengths) * (trainer.state.epoch or 0)),  # non-padding tokens × epochs (fractional)
         weights_sha256=weights_sha256(target),
         mask=mask_handle.provenance if mask_handle is not None else None,
         distributed=_distributed_facts(recipe),
@@ -265,13 +265,6 @@ def _attach_mask(trainer: Any, recipe: Recipe, identity: dict, tokenizer: Any, r
     source = recipe.mask.path or f"{run.root / 'mask.json'} (built from the training data)"
     _info(f"[bold]mask[/] {source}: {recipe.mask.mode} components {recipe.mask.components}")
     return handle
-
-
-def _tokens_seen(trainer: Any, dataset: Any) -> int | None:
-    """Non-padding tokens processed: tokens per epoch × epochs completed (fractional at max_steps)."""
-    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
-    epochs = trainer.state.epoch or 0
-    return int(per_epoch * epochs)
 
 
 def _read_metrics(run: RunDir) -> dict[str, Any]:
