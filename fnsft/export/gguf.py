@@ -11,7 +11,6 @@ Tensors are streamed: the header is written from shapes alone, then each tensor 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from fnsft.errors import ExportError, NotYetSupported
 from fnsft.export.files import ensure_free_space, staged_file
+from fnsft.export.gguf_vocab import tokenizer_info
 from fnsft.export.merge import weight_entries
 from fnsft.export.safetensors_io import TensorEntry, read_tensor
 
@@ -50,14 +50,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 #: Rope scaling kinds written as metadata; others (llama3, yarn, ...) need extra tensors not written yet.
 SUPPORTED_ROPE_TYPES = ("default", "linear")
-
-#: transformers' BPE pre-tokenizer regexes → llama.cpp's ``tokenizer.ggml.pre`` names (llama.cpp identifies them
-#: by hashing tokenizer output; the regex identifies the same families without running llama.cpp's table).
-PRE_TOKENIZER_REGEXES = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
-}
-
 
 def supported_architectures() -> str:
     return ", ".join(sorted(ARCHITECTURES))
@@ -199,73 +191,6 @@ def _byte_size(planned: PlannedTensor) -> int:
     return count
 
 
-@dataclass
-class TokenizerInfo:
-    """What GGUF needs about the tokenizer."""
-
-    model: str
-    pre: str
-    tokens: list[str]
-    token_types: list[int]
-    notes: list[str]
-
-
-def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str | None:
-    """llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer.json, or None when not recognised."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [step.get("type") for step in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-        return "smollm"
-    if kinds and kinds[0] == "Split":
-        return PRE_TOKENIZER_REGEXES.get((steps[0].get("pattern") or {}).get("Regex", ""))
-    return None
-
-
-def tokenizer_info(model_dir: Path, vocab_size: int, pre_hint: str | None) -> TokenizerInfo:
-    """Tokens and token types as llama.cpp's ``get_vocab_base`` writes them (padded to the model's vocab size)."""
-    from gguf import TokenType
-    from transformers import AutoTokenizer
-
-    tokenizer_file = model_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise NotYetSupported(f"{model_dir}: GGUF export needs a fast tokenizer (tokenizer.json); none found")
-    tokenizer_json = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    model = tokenizer_json.get("model", {})
-    decoder_type = (tokenizer_json.get("decoder") or {}).get("type")
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder_type != "ByteLevel":
-        raise NotYetSupported(
-            "GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3) for now; this "
-            f"tokenizer is {model.get('type')} with byte_fallback={model.get('byte_fallback')} (SentencePiece-style "
-            "vocabularies such as Llama 2, Mistral v0.1 or Gemma are not written yet)"
-        )
-    notes: list[str] = []
-    pre = pre_hint or detect_pre_tokenizer(tokenizer_json)
-    if pre is None:
-        pre = "default"
-        notes.append("pre-tokenizer not recognised: wrote tokenizer.ggml.pre='default' (llama.cpp may split text "
-                     "differently from transformers)")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    by_id = {index: text for text, index in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for index in range(vocab_size):
-        if index not in by_id:
-            tokens.append(f"[PAD{index}]")
-            types.append(TokenType.UNUSED)
-        elif index in added:
-            tokens.append(by_id[index])
-            types.append(TokenType.CONTROL if added[index].special else TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[index])
-            types.append(TokenType.NORMAL)
-    if len(by_id) > vocab_size:
-        raise ExportError(f"the tokenizer has {len(by_id)} tokens but the model only {vocab_size} embeddings")
-    return TokenizerInfo("gpt2", pre, tokens, [int(t) for t in types], notes)
-
-
 def _write_hparams(writer: Any, config: Any) -> None:
     spec = ARCHITECTURES[config.model_type]
     rope = _rope_parameters(config)
@@ -353,7 +278,11 @@ def write_gguf(model_dir: Path, target: Path, qtype: str, metadata: GgufMetadata
             writer.add_tokenizer_pre(tokenizer.pre)
             writer.add_token_list(tokenizer.tokens)
             writer.add_token_types(tokenizer.token_types)
-            gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokenizer.tokens)).add_to_gguf(writer, quiet=True)
+            if tokenizer.scores is not None:
+                writer.add_token_scores(tokenizer.scores)
+            if tokenizer.add_space_prefix is not None:
+                writer.add_add_space_prefix(tokenizer.add_space_prefix)
+            gguf.SpecialVocab(model_dir, load_merges=tokenizer.model == "gpt2", n_vocab=len(tokenizer.tokens)).add_to_gguf(writer, quiet=True)
             for item in planned:
                 writer.add_tensor_info(item.gguf_name, _byte_shape(item), _np_uint8(), _byte_size(item),
                                        raw_dtype=item.ggml_type)

@@ -28,6 +28,7 @@ from fnsft.export.gguf import (
     quantize_with_llama_cpp,
     write_gguf,
 )
+from fnsft.export.gguf_vocab import read_tokenizer_json, tokenizer_family
 from fnsft.export.merge import DEFAULT_MAX_SHARD_BYTES, merge_lora, weight_entries
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
@@ -144,6 +145,9 @@ def export_run(
         check_exportable(_model_config(run, recipe), gguf_types, llama_quantize)
     peft = recipe.method.is_peft
     base_dir = base_model_dir(recipe) if peft else run.model
+    if gguf_types:  # an unwritable tokenizer fails here, before any merge work (the run's tokenizer wins)
+        trained_tokenizer = peft and (run.adapter / "tokenizer.json").is_file()
+        tokenizer_family(read_tokenizer_json(run.adapter if trained_tokenizer else base_dir))
     estimate = sum(entry.nbytes for entry in weight_entries(base_dir)) if peft else 0
     if gguf_types:
         from transformers import AutoConfig

