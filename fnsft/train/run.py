@@ -290,7 +290,10 @@ def _print_summary(run: RunDir, target: Path, metrics: dict[str, Any]) -> None:
         table.add_row(
             f"answer accuracy ({n} held-out)", f"{before:.1%}" if before is not None else "-", f"{metrics['exact_match_after']:.1%}"
         )
-    out.print(table)
+    if table.row_count:
+        out.print(table)
+    else:  # no held-out data: nothing to compare before and after
+        out.print(f"fnsft train: done, train loss {metrics.get('train_loss', float('nan')):.4f} (no held-out rows to compare)")
     out.print(f"{'adapter' if target.name == 'adapter' else 'model'}: {target}")
     out.print(f"manifest: {run.manifest}")
     out.print(f"metrics:  {run.metrics}")
