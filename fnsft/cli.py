@@ -31,8 +31,10 @@ class FnsftGroup(TyperGroup):
             return super().invoke(ctx)
         except FnsftError as exc:
             from fnsft.console import fail
+            from fnsft.train.supervise import record_exit_code
 
             fail(str(exc))
+            record_exit_code(exc.exit_code)  # a rank of `fnsft train --nproc`: tell the supervising fnsft why
             raise typer.Exit(exc.exit_code) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -128,12 +128,12 @@ def launch_needed(recipe, nproc: int | None) -> bool:
 def launch(recipe, nproc: int | None, resume: bool) -> int:
     """Run this recipe in N processes through `accelerate launch`; returns their exit code."""
     import os
-    import subprocess
     import tempfile
 
     from fnsft.console import err
     from fnsft.recipe.load import dump_recipe
     from fnsft.train.launch import check_launch, detect_launch_facts, launch_command
+    from fnsft.train.supervise import run_supervised
 
     check_launch(recipe, nproc, detect_launch_facts())
     with tempfile.TemporaryDirectory(prefix="fnsft-launch-") as tmp:
@@ -142,7 +142,7 @@ def launch(recipe, nproc: int | None, resume: bool) -> int:
         program = ["-m", "fnsft.cli", "train", str(recipe_file), *(["--resume"] if resume else [])]
         command = launch_command(recipe, nproc, program)
         err.print(f"launching: {' '.join(command)}", highlight=False)
-        return subprocess.run(command, env={**os.environ, LAUNCHED_ENV: "1"}, check=False).returncode
+        return run_supervised(command, {**os.environ, LAUNCHED_ENV: "1"})
 
 
 def _modules(value: str | None) -> str | list[str] | None:

@@ -1,10 +1,15 @@
-"""Trainer callbacks: a rich progress bar with live loss, and peak-memory measurement."""
+"""Trainer callbacks: a rich progress bar with live loss (rank 0 only), the evaluation before training, and
+peak-memory measurement."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from fnsft.atomic import atomic_write_json
 from fnsft.console import err
 
 
@@ -21,7 +26,7 @@ class RichProgressCallback(TrainerCallback):
         self.last: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not err.is_terminal:
+        if not err.is_terminal or not state.is_world_process_zero:
             return
         self.progress = Progress(
             TextColumn("[bold]training[/]"),
@@ -46,7 +51,7 @@ class RichProgressCallback(TrainerCallback):
                 self.last[key] = logs[key]
         if self.progress is not None:
             self.progress.update(self.task, stats=self._stats())
-        elif logs and ("loss" in logs or "eval_loss" in logs) and state.max_steps:  # not the eval before training
+        elif logs and ("loss" in logs or "eval_loss" in logs) and state.is_world_process_zero:
             err.print(f"step {state.global_step}/{state.max_steps}  {self._stats()}", highlight=False)
 
     def _stats(self) -> str:
@@ -82,3 +87,25 @@ def measured_peak_memory() -> dict[str, int | str]:
             "peak_rss": peak_rss_bytes(),
         }
     return {"device": "cpu", "peak_rss": peak_rss_bytes()}
+
+
+class EvaluateBeforeTraining(TrainerCallback):
+    """The "before" evaluation of a fresh run, done once training has begun rather than before ``train()``.
+
+    ``trainer.evaluate()`` before ``trainer.train()`` lets accelerate mark the model as prepared (for evaluation,
+    unwrapped); ``train()`` then skips wrapping it in DistributedDataParallel and every rank trains on its own
+    batches with unsynchronised gradients (measured with 2 processes: the ranks' LoRA weights parted after the
+    first update). At ``on_train_begin`` the model is already wrapped, and evaluating changes no training state.
+    """
+
+    def __init__(self, trainer: Any, metrics: dict[str, Any], metrics_file: Path | None) -> None:
+        self.trainer = trainer
+        self.metrics = metrics
+        self.metrics_file = metrics_file
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if "eval_loss_before" not in self.metrics:
+            self.metrics["eval_loss_before"] = self.trainer.evaluate()["eval_loss"]
+            if self.metrics_file is not None:
+                atomic_write_json(self.metrics_file, self.metrics)  # kept for a resumed run's before/after report
+        return control

@@ -129,7 +129,11 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         sft_config,
         torch_dtype,
     )
-    from fnsft.train.callbacks import RichProgressCallback, measured_peak_memory
+    from fnsft.train.callbacks import (
+        EvaluateBeforeTraining,
+        RichProgressCallback,
+        measured_peak_memory,
+    )
     from fnsft.train.evaluate import exact_match
     from fnsft.train.signals import CompletionMarkerCallback, install_test_kill_hook
 
@@ -181,13 +185,13 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     n_exact = min(recipe.evaluation.exact_match_samples, len(data.eval_conversations)) if main else 0
     probe = data.eval_conversations[:n_exact]
     if checkpoint is None:
-        if data.eval is not None:
-            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
         if probe:
             before = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
             metrics["exact_match_before"] = before.accuracy
         if main:
             atomic_write_json(run.metrics, metrics)  # kept for a resumed run's before/after report
+        if data.eval is not None:
+            trainer.add_callback(EvaluateBeforeTraining(trainer, metrics, run.metrics if main else None))
     else:
         _info(f"resuming from {checkpoint.name}")
 

@@ -26,6 +26,7 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: while checkpoint-N is being written: weights on disk, optimizer state not yet), ``eval:N`` (SIGKILL inside the
 #: evaluation at step N; 0 is the evaluation before training), ``sigterm:N`` / ``sigint:N`` (the process sends
 #: itself that signal during step N, to exercise the real handler at a known step; N=0: before training starts).
+#: A suffix ``@R`` limits any of them to the process of rank R (multi-process runs).
 TEST_KILL_ENV = "FNSFT_TEST_KILL_AT"
 
 
@@ -87,6 +88,7 @@ class PreemptionCallback(TrainerCallback):
         return control
 
     def _stop_and_save(self, control: Any) -> Any:
+        self.signum = agreed_signal(self.signum)
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -101,6 +103,25 @@ class PreemptionCallback(TrainerCallback):
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """With several processes, the signal any rank received, so that all stop (and save) at the same step.
+
+    A signal can reach one rank only, or reach ranks on either side of a step boundary; a rank that stopped alone
+    would leave the others waiting in their next gradient all-reduce for ever. One scalar all-reduce per step end
+    (all ranks reach it together) makes the decision collective. A single process returns ``signum`` unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return signum
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 class CompletionMarkerCallback(TrainerCallback):
@@ -153,8 +174,11 @@ def install_test_kill_hook(trainer: Any) -> None:
     if not spec:
         return
     point, _, step = spec.partition(":")
-    if point not in ("step", "save", "eval", "sigterm", "sigint") or not step.isdigit():
-        raise TrainError(f"{TEST_KILL_ENV}={spec}: expected step:N, save:N, eval:N, sigterm:N or sigint:N")
+    step, _, rank = step.partition("@")
+    if point not in ("step", "save", "eval", "sigterm", "sigint") or not step.isdigit() or not (rank or "0").isdigit():
+        raise TrainError(f"{TEST_KILL_ENV}={spec}: expected step:N, save:N, eval:N, sigterm:N or sigint:N (+ @RANK)")
+    if rank and int(rank) != int(os.environ.get("RANK", "0")):
+        return
     if point in ("sigterm", "sigint") and int(step) == 0:  # before training starts
         os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGINT)
     if point == "save":

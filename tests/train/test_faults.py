@@ -292,3 +292,25 @@ def test_kill_matrix_resume_is_exact(workdir, lora_reference, full_reference, me
     assert resumed.returncode == 0, resumed.output
     reference = weights_hash(lora_reference["run"]) if method == "lora" else full_reference["sha"]
     assert weights_hash(run) == reference
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_of_two_stops_both_at_the_same_step(workdir):
+    """`--nproc 2` (gloo DDP): SIGTERM reaching rank 1 only must stop both ranks after the same step with one
+    checkpoint, not leave rank 0 waiting in its next all-reduce; resuming then ends where an uninterrupted
+    two-process run ends."""
+    extra = "distributed:\n  num_processes: 2\n"
+    reference = train(recipe_for(workdir, "ddp-reference", extra=extra))
+    assert reference.returncode == 0, reference.output
+    recipe = recipe_for(workdir, "ddp-preempted", extra=extra)
+    run = workdir["root"] / "ddp-preempted"
+
+    preempted = train(recipe, kill_at="sigterm:3@1")
+    assert preempted.returncode == 128 + signal.SIGTERM, preempted.output[-3000:]
+    assert checkpoint_problem(run / "checkpoints" / "checkpoint-3") is None
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+
+    resumed = train(run / "recipe.yaml", "--resume")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "resuming from checkpoint-3" in resumed.stderr
+    assert weights_hash(run) == weights_hash(workdir["root"] / "ddp-reference")
