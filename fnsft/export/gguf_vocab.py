@@ -143,8 +143,9 @@ def sentencepiece_info(tokenizer_json: dict[str, Any], vocab_size: int, unk_toke
     vocab: dict[str, int] = model["vocab"]
     added = {int(entry["id"]): entry for entry in tokenizer_json.get("added_tokens", [])}
     _check_fits(max([*vocab.values(), *added]) + 1, vocab_size)
-    scores_by_token = merge_rank_scores(model.get("merges", []))
-    unmerged_floor = -float(len(scores_by_token))  # pieces no merge produces rank below every merge, as in spm
+    merges = model.get("merges", [])
+    scores_by_token = merge_rank_scores(merges)
+    unmerged_floor = -float(len(merges))  # pieces no merge produces rank below every merge, as in sentencepiece
 
     tokens = [f"[PAD{index}]" for index in range(vocab_size)]
     types = [TokenType.UNUSED] * vocab_size

@@ -47,7 +47,8 @@ def run_supervised(command: Sequence[str], env: dict[str, str]) -> int:
         def forward(signum: int, frame) -> None:
             received.append(signum)
             if len(received) > 1:
-                os.killpg(launcher.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # the launch may have ended meanwhile
+                    os.killpg(launcher.pid, signal.SIGKILL)
                 return
             try:
                 ranks = psutil.Process(launcher.pid).children()
