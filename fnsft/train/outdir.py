@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from fnsft.errors import TrainError
@@ -18,9 +19,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETION_MARKER = "fnsft-complete.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-WRITE_PROBE = ".write-test"
-#: Files fnsft itself may leave in an otherwise empty output dir (a live or stale lock, a write probe).
-SCRATCH_NAMES = frozenset({LOCK, WRITE_PROBE})
+#: Files fnsft itself may leave in an otherwise empty output dir (a live or stale lock).
+SCRATCH_NAMES = frozenset({LOCK})
 
 
 def _step(path: Path) -> int:
@@ -148,9 +148,8 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
         warn(f"{root}: nothing to resume; starting a new run")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / WRITE_PROBE
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=root) as probe:  # a private name: several ranks probe the same directory
+            probe.write(b"ok")
     except OSError as exc:
         raise TrainError(f"{root}: output directory is not writable ({exc.strerror})") from None
     return None
