@@ -177,10 +177,11 @@ def _free_port() -> int:
 def test_ddp_preset_really_starts_two_processes_on_cpu(tmp_path):
     # `accelerate launch --cpu --num_processes 2` silently runs ONE process (FACTS); the ddp preset must run two.
     probe = tmp_path / "probe.py"
-    probe.write_text(
+    probe.write_text(  # one write() per line: both ranks share the pipe, and print() may interleave them
         "import os, sys\n"
-        "print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
-        " os.environ['ACCELERATE_MIXED_PRECISION'], *sys.argv[1:])\n"
+        "words = ['rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
+        " os.environ['ACCELERATE_MIXED_PRECISION'], *sys.argv[1:]]\n"
+        "os.write(1, (' '.join(words) + '\\n').encode())\n"
     )
     command = launch_command(make_recipe("fp32", master_port=_free_port()), 2, [str(probe), "--seen"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
