@@ -165,7 +165,6 @@ def build_model(point: MemoryPoint, recipe, device: str, saved: dict[str, Path],
         path = scratch / point.model.replace("/", "--")
         with torch.device(device):
             AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
-        gc.collect()
         empty_device_cache(device)
         saved[point.model] = path
     return AutoModelForCausalLM.from_pretrained(
@@ -174,8 +173,10 @@ def build_model(point: MemoryPoint, recipe, device: str, saved: dict[str, Path],
 
 
 def empty_device_cache(device: str) -> None:
+    """Collect what the last point dropped, hand its cached blocks back and restart the peak counters."""
     import torch
 
+    gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -253,7 +254,6 @@ def measure_memory(point: MemoryPoint, device: str, tokenizer, saved: dict, scra
         free, total = torch.cuda.mem_get_info()
         measured["device_used"] = total - free  # context + reserved (+ anything else on the card)
     del model
-    gc.collect()
     empty_device_cache(device)
     breakdown = estimate(inputs_from_recipe(recipe, model=estimator_shape(point.model), device=device))
     predicted_allocated = breakdown.total - breakdown.overhead
@@ -290,7 +290,6 @@ def measure_throughput(device: str, tokenizer, scratch: Path, smoke: bool) -> li
         timer = train_steps(model, recipe, tokenizer, text_rows(steps * point.batch, point.seq), scratch / "run",
                             device, fnsft_config=fnsft_config, extra_args=extra)
         del model
-        gc.collect()
         empty_device_cache(device)
         timed = timer.times[warmup:]
         tokens_per_s = point.batch * point.seq * len(timed) / sum(timed)
@@ -321,7 +320,6 @@ def qlora_through_fnsft_train(device: str, scratch: Path, smoke: bool) -> dict:
     with torch.device(device):
         AutoModelForCausalLM.from_config(model_config(name), dtype=torch.bfloat16).save_pretrained(base)
     make_tokenizer(base)
-    gc.collect()
     empty_device_cache(device)
     data = scratch / "qlora-data.jsonl"
     seq = 64 if smoke else 1024
@@ -443,7 +441,6 @@ def main() -> None:
                 rows.append({"kind": "error", "point": label, "error": f"{type(error).__name__}: {error}"[:2000],
                              "traceback": traceback.format_exc()[-3000:]})
                 print(f"FAILED {label}: {type(error).__name__}: {error}", flush=True)
-                gc.collect()
                 empty_device_cache(device)
             write_results(args.out, facts, rows, skipped)
     write_results(args.out, facts, rows, skipped)

@@ -89,8 +89,8 @@ def measured_peak_memory() -> dict[str, int | str]:
     return {"device": "cpu", "peak_rss": peak_rss_bytes()}
 
 
-class EvaluateBeforeTraining(TrainerCallback):
-    """The "before" evaluation of a fresh run, done once training has begun rather than before ``train()``.
+class BeforeTrainingReport(TrainerCallback):
+    """A fresh run's "before" numbers: the evaluation loss, computed once training has begun, and metrics.json.
 
     ``trainer.evaluate()`` before ``trainer.train()`` lets accelerate mark the model as prepared (for evaluation,
     unwrapped); ``train()`` then skips wrapping it in DistributedDataParallel and every rank trains on its own
@@ -98,14 +98,15 @@ class EvaluateBeforeTraining(TrainerCallback):
     first update). At ``on_train_begin`` the model is already wrapped, and evaluating changes no training state.
     """
 
-    def __init__(self, trainer: Any, metrics: dict[str, Any], metrics_file: Path | None) -> None:
+    def __init__(self, trainer: Any, metrics: dict[str, Any], evaluate: bool, metrics_file: Path | None) -> None:
         self.trainer = trainer
         self.metrics = metrics
+        self.evaluate = evaluate
         self.metrics_file = metrics_file
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if "eval_loss_before" not in self.metrics:
+        if self.evaluate and "eval_loss_before" not in self.metrics:
             self.metrics["eval_loss_before"] = self.trainer.evaluate()["eval_loss"]
-            if self.metrics_file is not None:
-                atomic_write_json(self.metrics_file, self.metrics)  # kept for a resumed run's before/after report
+        if self.metrics_file is not None:
+            atomic_write_json(self.metrics_file, self.metrics)  # kept for a resumed run's before/after report
         return control

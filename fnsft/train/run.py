@@ -130,7 +130,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         torch_dtype,
     )
     from fnsft.train.callbacks import (
-        EvaluateBeforeTraining,
+        BeforeTrainingReport,
         RichProgressCallback,
         measured_peak_memory,
     )
@@ -188,10 +188,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         if probe:
             before = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
             metrics["exact_match_before"] = before.accuracy
-        if main:
-            atomic_write_json(run.metrics, metrics)  # kept for a resumed run's before/after report
-        if data.eval is not None:
-            trainer.add_callback(EvaluateBeforeTraining(trainer, metrics, run.metrics if main else None))
+        trainer.add_callback(BeforeTrainingReport(trainer, metrics, data.eval is not None, run.metrics if main else None))
     else:
         _info(f"resuming from {checkpoint.name}")
 
