@@ -1,16 +1,23 @@
 """`fnsft train`: a recipe file and/or the guide's flags → a run directory.
 
-Every guide flag is accepted in its underscore spelling (``--no_peft``, as the guide writes it) and its
-hyphen spelling (``--no-peft``); booleans have a ``--no-`` form. Flags override the recipe file; ``--set``
-overrides both.
+The guide's flags are generated from one table, :data:`fnsft.recipe.load.FLAG_PATHS` (plus the two method
+flags), with the help text of the schema field each one sets. Help shows the guide's underscore spelling
+(``--no_peft``); the hyphen spelling (``--no-peft``) is accepted too, for every option. Flags override the
+recipe file; ``--set`` overrides both.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
+import click
 import typer
+from pydantic_core import PydanticUndefined
+from typer.core import TyperCommand
+
+from fnsft.recipe.load import FLAG_PATHS, METHOD_FLAGS, schema_field
 
 #: Flags whose values the guide writes space-separated (``--lora_target_modules q_proj k_proj``).
 MULTI_VALUE_FLAGS = ("--lora_target_modules", "--lora-target-modules")
@@ -33,73 +40,82 @@ def join_multi_value_flags(argv: list[str]) -> list[str]:
     return result
 
 
-def _opt(name: str, help_text: str, default: Any = None, **kwargs: Any) -> Any:
-    """An option spelled both ways: --learning_rate and --learning-rate."""
-    return typer.Option(default, f"--{name.replace('_', '-')}", f"--{name}", help=help_text, **kwargs)
+def _spelling_key(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
 
 
-def _flag(name: str, help_text: str) -> Any:
-    """A boolean option with on/off forms in both spellings; None when not given (the recipe decides)."""
-    hyphen = name.replace("_", "-")
-    return typer.Option(
-        None, f"--{hyphen}/--no-{hyphen}", f"--{name}/--no_{name}", help=help_text, show_default=False
-    )
+class TrainCommand(TyperCommand):
+    """Accepts each option in both spellings (``--no-peft`` = ``--no_peft``) while help shows only one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rich_markup_mode = None  # the plain layout: rich's table cuts these long option names at 80 columns
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        shown = {_spelling_key(name): name for param in self.params for name in [*param.opts, *param.secondary_opts]}
+        normalized = []
+        for position, arg in enumerate(args):
+            if arg == "--":
+                normalized.extend(args[position:])
+                break
+            name, equals, value = arg.partition("=")
+            if name.startswith("--") and _spelling_key(name) in shown:
+                arg = shown[_spelling_key(name)] + equals + value
+            normalized.append(arg)
+        return super().parse_args(ctx, normalized)
+
+
+def _option_type(annotation: Any) -> type:
+    """The click type of a guide flag: the schema field's bool/int/float, else a string pydantic validates."""
+    kinds = [kind for kind in get_args(annotation) if kind is not type(None)] or [annotation]
+    kinds = [get_args(kind)[0] if get_origin(kind) is Annotated else kind for kind in kinds]  # PositiveInt → int
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float) else str
+
+
+def _help(path: str) -> str:
+    field = schema_field(path)
+    text = field.description or ""
+    default = field.default
+    if default is not None and default is not PydanticUndefined and "Default" not in text:
+        shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+        text += f" Default: {shown}."
+    choices = [str(choice) for choice in get_args(field.annotation)] if get_origin(field.annotation) is Literal else []
+    return text + (f" One of: {', '.join(choices)}." if choices else "")
+
+
+def _guide_option(flag: str) -> inspect.Parameter:
+    if flag in METHOD_FLAGS:
+        option = typer.Option(False, f"--{flag}", help=METHOD_FLAGS[flag][1], show_default=False, metavar="")
+        return inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
+    kind = _option_type(schema_field(FLAG_PATHS[flag]).annotation)
+    names = (f"--{flag}/--no_{flag}",) if kind is bool else (f"--{flag}",)
+    option = typer.Option(None, *names, help=_help(FLAG_PATHS[flag]), show_default=False,
+                          **({"metavar": ""} if kind is bool else {}))
+    return inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
+
+
+def guide_flag_names() -> list[str]:
+    """The guide flags of `fnsft train`, in help order: FLAG_PATHS with the method flags after --output_dir."""
+    names = list(FLAG_PATHS)
+    at = names.index("output_dir") + 1
+    return [*names[:at], *METHOD_FLAGS, *names[at:]]
 
 
 def train(
     recipe: Path | None = typer.Argument(None, help="Recipe YAML (recipes/*.yaml). Optional when flags give model and data."),
-    model_name_or_path: str | None = _opt("model_name_or_path", "Hub id, local dir or .gguf file."),
-    dataset_name_or_path: str | None = _opt("dataset_name_or_path", "Dataset file/dir or Hub id."),
-    output_dir: str | None = _opt("output_dir", "Run directory."),
-    no_peft: bool = typer.Option(False, "--no-peft", "--no_peft", help="Full fine-tuning instead of LoRA (PEFT is the default)."),
-    use_4bit: bool = typer.Option(False, "--use-4bit", "--use_4bit", help="QLoRA: load the base model in 4-bit nf4."),
-    num_train_epochs: float | None = _opt("num_train_epochs", "Epochs."),
-    max_steps: int | None = _opt("max_steps", "Stop after N optimizer steps (overrides epochs)."),
-    per_device_train_batch_size: int | None = _opt("per_device_train_batch_size", "Micro-batch per device."),
-    gradient_accumulation_steps: int | None = _opt("gradient_accumulation_steps", "Micro-batches per optimizer step."),
-    learning_rate: float | None = _opt("learning_rate", "Peak learning rate (default 2e-4 PEFT, 2e-5 full)."),
-    warmup_ratio: float | None = _opt("warmup_ratio", "Fraction of steps spent warming up."),
-    weight_decay: float | None = _opt("weight_decay", "AdamW weight decay."),
-    gradient_checkpointing: bool | None = _flag("gradient_checkpointing", "Recompute activations (on by default)."),
-    lora_r: int | None = _opt("lora_r", "LoRA rank (default 16)."),
-    lora_alpha: int | None = _opt("lora_alpha", "LoRA alpha (default 32)."),
-    lora_dropout: float | None = _opt("lora_dropout", "LoRA dropout."),
-    lora_target_modules: str | None = _opt("lora_target_modules", "Modules to adapt: q_proj k_proj v_proj o_proj (or 'auto')."),
-    max_seq_length: int | None = _opt("max_seq_length", "Max tokens per example."),
-    seed: int | None = _opt("seed", "Random seed."),
-    trust_remote_code: bool | None = _flag("trust_remote_code", "Run code shipped with the model (off by default)."),
-    set_: list[str] = typer.Option([], "--set", help="Override any recipe key: --set training.lr_scheduler_type=linear"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run dir."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override any recipe key: --set training.optimizer=adamw_8bit"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run dir.", metavar=""),
     nproc: int | None = typer.Option(
         None, "--nproc", help="Processes per node (GPUs): launches through accelerate with the recipe's distributed strategy."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", "--dry_run", help="Resolve and validate everything, load no weights."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and validate everything, load no weights.", metavar=""),
+    **guide_flags: Any,
 ) -> None:
     """Fine-tune a model (LoRA by default; --no_peft for full, --use_4bit for QLoRA)."""
     from fnsft.recipe.load import load_recipe
 
-    flags = {
-        "model_name_or_path": model_name_or_path,
-        "dataset_name_or_path": dataset_name_or_path,
-        "output_dir": output_dir,
-        "no_peft": no_peft or None,
-        "use_4bit": use_4bit or None,
-        "num_train_epochs": num_train_epochs,
-        "max_steps": max_steps,
-        "per_device_train_batch_size": per_device_train_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "learning_rate": learning_rate,
-        "warmup_ratio": warmup_ratio,
-        "weight_decay": weight_decay,
-        "gradient_checkpointing": gradient_checkpointing,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "lora_target_modules": _modules(lora_target_modules),
-        "max_seq_length": max_seq_length,
-        "seed": seed,
-        "trust_remote_code": trust_remote_code,
-    }
+    flags = {name: (value or None) if name in METHOD_FLAGS else value for name, value in guide_flags.items()}
+    flags["lora_target_modules"] = _modules(flags.get("lora_target_modules"))
     resolved = load_recipe(recipe, flags=flags, sets=set_).resolved()
     if dry_run:
         from fnsft.train.plan import dry_run as run_dry
@@ -111,6 +127,17 @@ def train(
     from fnsft.train.run import run_training
 
     run_training(resolved, resume=resume)
+
+
+def _with_guide_flags(command: Any) -> Any:
+    """Give ``command`` one keyword option per guide flag (after the recipe argument) in place of ``**guide_flags``."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    command.__signature__ = inspect.Signature([own[0], *map(_guide_option, guide_flag_names()), *own[1:]])
+    return command
+
+
+_with_guide_flags(train)
 
 
 #: Set in the processes that `fnsft train --nproc` starts, so they train instead of launching again.
@@ -153,4 +180,4 @@ def _modules(value: str | None) -> str | list[str] | None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", cls=TrainCommand)(train)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
@@ -20,30 +21,37 @@ from fnsft.errors import RecipeError
 from fnsft.recipe import versions
 from fnsft.recipe.schema import Recipe
 
-#: Guide flag (underscore spelling) → dotted recipe path. One table for the CLI, migrate-config and v0 upgrades.
+#: Guide flag (underscore spelling) → dotted recipe path: the one table behind the options of `fnsft train`, the
+#: migrate-config flag names and the v0 upgrade. The order is the order of `fnsft train --help`.
 FLAG_PATHS: dict[str, str] = {
     "model_name_or_path": "model.name_or_path",
-    "trust_remote_code": "model.trust_remote_code",
     "dataset_name_or_path": "data.path",
-    "max_seq_length": "data.max_length",
     "output_dir": "output.dir",
     "num_train_epochs": "training.num_train_epochs",
     "max_steps": "training.max_steps",
     "per_device_train_batch_size": "training.per_device_train_batch_size",
     "gradient_accumulation_steps": "training.gradient_accumulation_steps",
     "learning_rate": "training.learning_rate",
+    "lr_scheduler_type": "training.lr_scheduler_type",
     "warmup_ratio": "training.warmup_ratio",
     "weight_decay": "training.weight_decay",
     "gradient_checkpointing": "training.gradient_checkpointing",
-    "lr_scheduler_type": "training.lr_scheduler_type",
-    "seed": "training.seed",
-    "logging_steps": "training.logging_steps",
-    "save_steps": "training.save_steps",
-    "eval_steps": "training.eval_steps",
+    "max_seq_length": "data.max_length",
     "lora_r": "method.lora.r",
     "lora_alpha": "method.lora.alpha",
     "lora_dropout": "method.lora.dropout",
     "lora_target_modules": "method.lora.target_modules",
+    "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps",
+    "eval_steps": "training.eval_steps",
+    "seed": "training.seed",
+    "trust_remote_code": "model.trust_remote_code",
+}
+
+#: Guide flags that pick the method instead of setting a key: flag → (method.name it sets, help text).
+METHOD_FLAGS: dict[str, tuple[str, str]] = {
+    "no_peft": ("full", "Full fine-tuning instead of LoRA (PEFT is the default): method.name full."),
+    "use_4bit": ("qlora", "QLoRA: LoRA on a base model loaded in 4-bit nf4: method.name qlora."),
 }
 
 
@@ -101,16 +109,13 @@ def apply_overrides(data: dict, flags: Mapping[str, Any] | None = None, sets: It
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name == "no_peft":
+        if name in METHOD_FLAGS:
             if value:
-                set_path(data, "method.name", "full")
-        elif name == "use_4bit":
-            if value:
-                set_path(data, "method.name", "qlora")
+                set_path(data, "method.name", METHOD_FLAGS[name][0])
         elif name in FLAG_PATHS:
             set_path(data, FLAG_PATHS[name], value)
         else:
-            raise RecipeError(f"unknown flag --{name}{did_you_mean(name, [*FLAG_PATHS, 'no_peft', 'use_4bit'])}")
+            raise RecipeError(f"unknown flag --{name}{did_you_mean(name, [*FLAG_PATHS, *METHOD_FLAGS])}")
     for item in sets:
         if "=" not in item:
             raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.learning_rate=1e-4")
@@ -141,6 +146,15 @@ def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
             return None
         model = nested[0]
     return model
+
+
+def schema_field(dotted: str) -> FieldInfo:
+    """The pydantic field at a dotted recipe path (``training.learning_rate``): its type, default, description."""
+    *parents, key = dotted.split(".")
+    model = _model_at(parents)
+    if model is None or key not in model.model_fields:
+        raise KeyError(dotted)
+    return model.model_fields[key]
 
 
 def _check_path(dotted: str) -> None:

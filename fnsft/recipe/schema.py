@@ -37,6 +37,20 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
     "full": {"learning_rate": 2e-5, "warmup_ratio": 0.1, "weight_decay": 0.01},
 }
 
+
+
+def _method_default(key: str) -> str:
+    """``Default: 2e-4 for lora/qlora, 2e-5 for full.``, written from METHOD_DEFAULTS (the one place it is defined)."""
+    peft, full = METHOD_DEFAULTS["lora"][key], METHOD_DEFAULTS["full"][key]
+    assert METHOD_DEFAULTS["qlora"][key] == peft, "the description names one PEFT default"
+    return f"Default: {_short(peft)} for lora/qlora, {_short(full)} for full."
+
+
+def _short(value: float) -> str:
+    """2e-4 rather than 0.0002; 0.03 stays 0.03."""
+    return f"{value:.0e}".replace("e-0", "e-") if 0 < value < 1e-3 else f"{value:g}"
+
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
@@ -75,11 +89,13 @@ class DataSection(Section):
 
 
 class LoraSection(Section):
-    r: PositiveInt = 16
-    alpha: PositiveInt = 32
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: PositiveInt = Field(16, description="LoRA rank.")
+    alpha: PositiveInt = Field(32, description="LoRA scaling alpha (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: Literal["auto"] | list[str] = Field(
-        "auto", description="auto = every linear projection inside the decoder blocks, never lm_head."
+        "auto",
+        description="Modules to adapt (q_proj k_proj v_proj o_proj: space- or comma-separated on the command line); "
+        "auto = every linear projection inside the decoder blocks, never lm_head.",
     )
     bias: Literal["none", "all", "lora_only"] = "none"
 
@@ -102,24 +118,28 @@ class MethodSection(Section):
 
 
 class TrainingSection(Section):
-    num_train_epochs: float = Field(3, gt=0)
+    num_train_epochs: float = Field(3, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run num_train_epochs.")
-    per_device_train_batch_size: PositiveInt = 4
+    per_device_train_batch_size: PositiveInt = Field(4, description="Micro-batch per device.")
     per_device_eval_batch_size: PositiveInt | None = None
-    gradient_accumulation_steps: PositiveInt = 1
-    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for lora/qlora, 2e-5 for full.")
-    lr_scheduler_type: Scheduler = "cosine"
-    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Default: 0.03 for lora/qlora, 0.1 for full.")
-    weight_decay: NonNegativeFloat | None = Field(None, description="Default: 0.0 for lora/qlora, 0.01 for full.")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
+    learning_rate: float | None = Field(None, gt=0, description=f"Peak learning rate. {_method_default('learning_rate')}")
+    lr_scheduler_type: Scheduler = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description=f"Fraction of steps spent warming up. {_method_default('warmup_ratio')}"
+    )
+    weight_decay: NonNegativeFloat | None = Field(
+        None, description=f"AdamW weight decay. {_method_default('weight_decay')}"
+    )
     max_grad_norm: NonNegativeFloat = 1.0
     optimizer: Optimizer = "adamw_torch"
     precision: Precision = Field("auto", description="auto = bf16 on capable GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% slower.")
-    seed: int = 42
-    logging_steps: PositiveInt = 10
-    save_steps: PositiveInt = 500
+    seed: int = Field(42, description="Random seed: initialisation, data order and the held-out split.")
+    logging_steps: PositiveInt = Field(10, description="Log the loss every N optimizer steps.")
+    save_steps: PositiveInt = Field(500, description="Save a checkpoint (a resume point) every N optimizer steps.")
     save_total_limit: PositiveInt | None = 3
-    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps; None = at the end of each epoch.")
+    eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps; unset = at the end of each epoch.")
 
 
 class OutputSection(Section):

@@ -3,18 +3,86 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fnsft.cli import app
-from fnsft.commands.train import join_multi_value_flags
+from fnsft.commands.train import guide_flag_names, join_multi_value_flags
+from fnsft.recipe.load import FLAG_PATHS, METHOD_FLAGS, schema_field
 
 runner = CliRunner()
 
 
 def invoke(*args: str):
     return runner.invoke(app, join_multi_value_flags([str(a) for a in args]))
+
+
+OWN_OPTIONS = {"recipe", "set_", "resume", "nproc", "dry_run", "help"}
+
+
+def train_command():
+    return typer.main.get_command(app).commands["train"]
+
+
+def test_options_are_the_flag_table():
+    """Each guide flag is declared once, in FLAG_PATHS / METHOD_FLAGS: the options of `fnsft train` are that table."""
+    guide = [p for p in train_command().params if p.name not in OWN_OPTIONS]
+    assert [p.name for p in guide] == guide_flag_names()
+    assert sorted(guide_flag_names()) == sorted([*FLAG_PATHS, *METHOD_FLAGS])
+    for param in guide:
+        assert param.opts == [f"--{param.name}"]  # one spelling shown; the hyphen one is accepted by parse_args
+        if param.name in FLAG_PATHS:
+            description = schema_field(FLAG_PATHS[param.name]).description
+            assert description and param.help.startswith(description), param.name
+        else:
+            assert param.help == METHOD_FLAGS[param.name][1]
+
+
+@pytest.mark.parametrize("flag", sorted(FLAG_PATHS))
+def test_both_spellings_give_the_same_value(flag):
+    value = {"model_name_or_path": "m", "dataset_name_or_path": "d", "output_dir": "o", "lr_scheduler_type": "linear",
+             "lora_target_modules": "q_proj"}.get(flag, "3")
+    kind = schema_field(FLAG_PATHS[flag]).annotation
+    args = [f"--{flag}"] if kind is bool else [f"--{flag}", value]
+    hyphen = [args[0].replace("_", "-"), *args[1:]]
+    underscore_params = train_command().make_context("train", list(args)).params
+    assert underscore_params == train_command().make_context("train", hyphen).params
+    assert underscore_params[flag] is not None
+
+
+def test_method_flags_and_own_options_in_both_spellings():
+    params = train_command().make_context("train", ["--no-peft", "--dry_run", "--no-gradient-checkpointing"]).params
+    assert params["no_peft"] and params["dry_run"] and params["gradient_checkpointing"] is False
+
+
+def test_help_at_80_columns_shows_every_flag_whole_and_once():
+    env = {**os.environ, "COLUMNS": "80"}
+    result = subprocess.run([sys.executable, "-m", "fnsft.cli", "train", "--help"], capture_output=True, text=True,
+                            env=env, cwd=Path(__file__).resolve().parents[2], check=True)
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "<bool>" not in text
+    options = text.split("Options:")[1]
+    for flag in guide_flag_names():
+        assert len(re.findall(rf"(?<![\w-])--{flag}(?![\w-])", options)) == 1, flag
+        if "_" in flag:
+            assert f"--{flag.replace('_', '-')}" not in options  # one spelling in help (both accepted)
+    assert "Default: 2e-4 for lora/qlora, 2e-5 for full." in " ".join(options.split())  # from METHOD_DEFAULTS
+
+
+def test_hf_style_flags_reach_the_recipe(tiny_recipe):
+    result = invoke("train", tiny_recipe(), "--dry-run", "--save_steps", "7", "--eval-steps", "3",
+                    "--logging_steps", "2", "--lr_scheduler_type", "linear")
+    assert result.exit_code == 0, result.output
+    for line in ("save_steps: 7", "eval_steps: 3", "logging_steps: 2", "lr_scheduler_type: linear"):
+        assert line in result.output
 
 
 def test_lora_run_writes_adapter_manifest_metrics(tiny_recipe, tmp_path):
