@@ -40,7 +40,23 @@ have exact parameter counts but no activation estimate (NotYetSupported).
 * Sharding (ZeRO/FSDP) divides the model states by the number of GPUs and adds all-gather buffers of two layers;
   DDP adds a gradient-bucket copy. These follow DeepSpeed's own estimators, not measurements.
 * Packed/padding-free batches are costed as full ``batch × seq_len`` rectangles (the worst case).
-* Paged optimizers (``paged_adamw_*``) are counted as GPU memory; under pressure they can spill to host memory.
+* Paged optimizers (``paged_adamw_*``): bitsandbytes allocates the moment buffers of every tensor with at least
+  1e5 values (``Optimizer8bit.get_state_buffer``) with ``cudaMallocManaged``, outside torch's caching allocator.
+  They are reported as ``outside_allocator``: in the device-used meter (what nvidia-smi shows while they are
+  resident), not in the allocated/reserved meters; under memory pressure the driver pages them to host memory.
+
+Three meters
+============
+Users compare an estimate with one of three numbers, so the breakdown reports all three (per GPU):
+
+* ``allocated`` = ``torch.cuda.max_memory_allocated()``: the tensors alive at the peak phase.
+* ``reserved`` = ``torch.cuda.max_memory_reserved()``: allocated + the caching allocator's fragmentation
+  (:data:`CUDA_FRAGMENTATION`).
+* ``device_used`` = what ``nvidia-smi`` shows: reserved + the CUDA context and library workspaces
+  (:data:`CUDA_CONTEXT_BYTES`) + memory outside torch's allocator (paged optimizer states).
+
+The fit verdict and ``total`` use ``device_used``: a run fails when the device runs out, whichever allocator
+asked. On CPU the three are the tensors (allocated = reserved, malloc has no cache) and the process RSS.
 * QLoRA follows TRL: unquantized weights stay in the compute dtype and adapters are cast to bf16; set
   ``qlora_fp32_non_quantized`` for PEFT's ``prepare_model_for_kbit_training`` (fp32 embeddings/norms/head).
 
@@ -72,6 +88,10 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768
 TILE_TEMPORARIES = {"cuda": (1, 1), "cpu": (4, 6)}
 #: bitsandbytes: 4-bit block size, nested (double-quant) block size, 8-bit optimizer block size / threshold.
 NF4_BLOCK, NF4_NESTED_BLOCK, OPT8_BLOCK, OPT8_MIN_SIZE = 64, 256, 256, 4096
+#: bitsandbytes paged optimizers page only the state buffers of tensors with at least this many values.
+PAGED_MIN_SIZE = 100_000
+#: The meter the fit verdict (and ``Breakdown.total``) uses.
+FIT_METER = "device_used"
 
 Method = Literal["lora", "qlora", "full"]
 PrecisionName = Literal["bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed"]
@@ -157,8 +177,16 @@ class Breakdown(BaseModel):
     optimizer_transient: int = 0
     workspace: int = Field(0, description="QLoRA: one linear dequantized to the compute dtype in backward.")
     communication: int = Field(0, description="DDP buckets / ZeRO-FSDP all-gather buffers.")
-    overhead: int
-    total: int
+    outside_allocator: int = Field(0, description="Of optimizer_states: paged (CUDA managed) buffers, not in torch's "
+                                   "allocator; counted in device_used only.")
+    fragmentation: int = Field(0, description="reserved − allocated (caching allocator).")
+    context: int = Field(0, description="CUDA context + library workspaces (CPU: the process baseline + weights copy).")
+    overhead: int = Field(description="fragmentation + context.")
+    allocated: int = Field(description="Meter 1: torch.cuda.max_memory_allocated (CPU: tensor bytes).")
+    reserved: int = Field(description="Meter 2: torch.cuda.max_memory_reserved (CPU: same as allocated).")
+    device_used: int = Field(description="Meter 3: nvidia-smi = reserved + context + outside_allocator (CPU: RSS).")
+    fit_meter: str = FIT_METER
+    total: int = Field(description="The predicted peak on the fit meter (device_used).")
     peak_phase: str
     cpu_offloaded: int = Field(0, description="Bytes moved to host memory by --offload (not in total).")
 
@@ -245,6 +273,12 @@ def optimizer_state_bytes(optimizer: str, sizes: list[int], value_bytes: int) ->
     if optimizer == "adafactor":
         return sum(n * value_bytes for n in sizes)  # upper bound: factored rows+cols are far smaller for matrices
     return 0  # sgd without momentum
+
+
+def paged_state_bytes(optimizer: str, sizes: list[int]) -> int:
+    """Bytes of a bitsandbytes paged optimizer's moment buffers that live in CUDA managed memory."""
+    per_value = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    return sum(per_value * n for n in sizes if n >= PAGED_MIN_SIZE)
 
 
 def _sdpa_layer(inp: EstimateInput, dtype: int) -> int:
@@ -424,7 +458,10 @@ def estimate(inp: EstimateInput) -> Breakdown:
     if inp.offload == "optimizer" and inp.sharding == "none":
         cpu_offloaded, optimizer = optimizer, 0
 
-    static = weights + adapter + optimizer
+    outside = paged_state_bytes(inp.optimizer, sizes) if inp.device == "cuda" and not cpu_offloaded else 0
+    if inp.sharding in ("zero1", "zero2", "zero3", "fsdp"):
+        outside //= n
+    static = weights + adapter + optimizer - outside
     accumulated = gradients if inp.gradient_accumulation_steps > 1 else 0
     phases = {
         "loss (end of forward)": activations + logits_transient + accumulated,
@@ -435,12 +472,14 @@ def estimate(inp: EstimateInput) -> Breakdown:
     phase, dynamic = max(phases.items(), key=lambda item: item[1])
     allocated = static + dynamic + communication
     if inp.device == "cuda":
-        overhead = CUDA_CONTEXT_BYTES + int(CUDA_FRAGMENTATION * allocated)
+        fragmentation, context = int(CUDA_FRAGMENTATION * allocated), CUDA_CONTEXT_BYTES
     else:
         # transformers 5 maps safetensors weights (loading does not double them), but the first training forward
         # on CPU adds private memory about the size of the weights beyond every tensor we account for (observed:
         # SmolLM2-135M fp32, +784 MB private for ~250 MB of tensors; the mechanism is not identified).
-        overhead = CPU_PROCESS_BASELINE + weights
+        fragmentation, context = 0, CPU_PROCESS_BASELINE + weights
+    reserved = allocated + fragmentation
+    device_used = reserved + context + outside
     return Breakdown(
         weights=weights, weights_quantized=quantized, quantization_constants=constants,
         weights_unquantized=unquantized, adapter=adapter, trainable_params=trainable, total_params=model.total_params,
@@ -448,6 +487,7 @@ def estimate(inp: EstimateInput) -> Breakdown:
         activations_without_checkpointing=without_gc.total, activations_with_checkpointing=with_gc.total,
         recompute=recompute,
         logits_saved=log_probs, logits_transient=logits_transient, optimizer_transient=optimizer_transient,
-        workspace=workspace, communication=communication, overhead=overhead, total=allocated + overhead, peak_phase=phase,
-        cpu_offloaded=cpu_offloaded,
+        workspace=workspace, communication=communication, outside_allocator=outside, fragmentation=fragmentation,
+        context=context, overhead=fragmentation + context, allocated=allocated, reserved=reserved,
+        device_used=device_used, total=device_used, peak_phase=phase, cpu_offloaded=cpu_offloaded,
     )

@@ -10,7 +10,11 @@ JSON schema ``fnsft-estimate/1`` (bytes are integers, per GPU; per process with 
 * ``bytes``: ``weights``, ``weights_quantized``, ``quantization_constants``, ``weights_unquantized``, ``adapter``,
   ``gradients``, ``optimizer_states``, ``activations``, ``activations_without_checkpointing``,
   ``activations_with_checkpointing``, ``recompute``, ``logits_saved``, ``logits_transient``,
-  ``optimizer_transient``, ``workspace``, ``communication``, ``overhead``, ``total``, ``cpu_offloaded``.
+  ``optimizer_transient``, ``workspace``, ``communication``, ``outside_allocator``, ``fragmentation``, ``context``,
+  ``overhead``, ``allocated``, ``reserved``, ``device_used``, ``total``, ``cpu_offloaded``.
+* ``meters``: ``{"allocated", "reserved", "device_used", "fit_meter"}``: the peak on each of the three meters
+  users read (torch.cuda.max_memory_allocated, max_memory_reserved, nvidia-smi; on CPU tensors and RSS) and the
+  one the fit verdict uses (``device_used``; ``bytes.total`` is the same number).
 * ``peak_phase``: when the peak happens ("loss (end of forward)", "backward", "optimizer step").
 * ``fit``: list of ``{"gpu": name or null, "memory_bytes": int, "fits": bool, "headroom_bytes": int}``.
 * ``suggestions``: list of ``{"description", "changes", "total_bytes"}``, cheapest first (empty when it fits).
@@ -38,7 +42,7 @@ def fit_rows(total: int, budgets: list[tuple[str | None, int]]) -> list[dict[str
 def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | None, int]],
             suggestions: list[Suggestion], recommendation: str) -> dict[str, Any]:
     """The machine-readable report (see the module docstring for the keys)."""
-    numbers = breakdown.model_dump(exclude={"peak_phase", "trainable_params", "total_params"})
+    numbers = breakdown.model_dump(exclude={"peak_phase", "trainable_params", "total_params", "fit_meter"})
     return {
         "schema": SCHEMA,
         "model": {
@@ -47,6 +51,8 @@ def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | 
         },
         "input": inp.model_dump(mode="json", exclude={"model"}),
         "bytes": numbers,
+        "meters": {"allocated": breakdown.allocated, "reserved": breakdown.reserved,
+                   "device_used": breakdown.device_used, "fit_meter": breakdown.fit_meter},
         "peak_phase": breakdown.peak_phase,
         "fit": fit_rows(breakdown.total, budgets),
         "suggestions": [
@@ -92,14 +98,26 @@ def render(report: dict[str, Any]):
         ("recompute", numbers["recompute"], "one layer rebuilt in backward"),
         ("optimizer/dequant temporaries", numbers["optimizer_transient"] + numbers["workspace"], ""),
         ("communication buffers", numbers["communication"], ""),
-        ("overhead", numbers["overhead"],
-         "CPU process baseline" if inp["device"] == "cpu" else "CUDA context + allocator fragmentation (approximate)"),
     ]
     for name, value, note in rows:
         if value or name in ("weights", "gradients", "optimizer states", "activations"):
             table.add_row(name, _gib(value), note)
     table.add_section()
-    table.add_row("[bold]peak total[/]", f"[bold]{_gib(numbers['total'])}[/]", f"at {report['peak_phase']}")
+    cpu = inp["device"] == "cpu"
+    table.add_row("[bold]allocated[/]", _gib(numbers["allocated"]),
+                  f"tensors at the peak ({report['peak_phase']})" + ("" if cpu else "; torch max_memory_allocated"))
+    if not cpu:
+        table.add_row("  + fragmentation", _gib(numbers["fragmentation"]), "caching allocator (approximate)")
+        table.add_row("[bold]reserved[/]", _gib(numbers["reserved"]), "torch max_memory_reserved")
+        table.add_row("  + CUDA context", _gib(numbers["context"]), "context + cuBLAS/cuDNN workspaces (approximate)")
+        if numbers["outside_allocator"]:
+            table.add_row("  + outside torch's allocator", _gib(numbers["outside_allocator"]),
+                          "paged optimizer states (CUDA managed memory; can spill to host)")
+    else:
+        table.add_row("  + process baseline", _gib(numbers["context"]), "Python + libraries + a weights-sized copy")
+    used = "process RSS" if cpu else "nvidia-smi"
+    table.add_row("[bold]device used[/]", f"[bold]{_gib(numbers['device_used'])}[/]",
+                  f"{used}; the fit verdict uses this meter")
     parts: list[Any] = [table]
     if numbers["cpu_offloaded"]:
         parts.append(Text(f"CPU memory for offloaded states: {_gib(numbers['cpu_offloaded'])} GiB per process"))

@@ -39,7 +39,11 @@ def test_recipe_estimate_json_has_stable_keys(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["schema"] == "fnsft-estimate/1"
-    assert set(report) == {"schema", "model", "input", "bytes", "peak_phase", "fit", "suggestions", "recommendation"}
+    assert set(report) == {"schema", "model", "input", "bytes", "meters", "peak_phase", "fit", "suggestions",
+                           "recommendation"}
+    meters = report["meters"]
+    assert meters["allocated"] < meters["reserved"] < meters["device_used"] == report["bytes"]["total"]
+    assert meters["fit_meter"] == "device_used"
     assert report["input"]["method"] == "qlora" and report["input"]["lora_r"] == 32
     assert report["input"]["seq_len"] == 2048 and report["input"]["gradient_accumulation_steps"] == 8
     assert report["bytes"]["quantization_constants"] > 0
@@ -58,7 +62,7 @@ def test_recipe_with_a_local_model_dir(tmp_path, tiny_model_factory):
     result = runner.invoke(app, ["estimate", _recipe(tmp_path, str(tiny_model_factory("llama"))), "--device", "cpu",
                                  "--seq-len", "256"])
     assert result.exit_code == 0, result.output
-    assert "peak total" in result.stdout
+    assert "device used" in result.stdout
 
 
 def test_does_not_fit_lists_changes(tmp_path):
@@ -73,7 +77,7 @@ def test_does_not_fit_lists_changes(tmp_path):
 def test_table_output_mentions_every_component():
     result = runner.invoke(app, ["estimate", "--model", "Qwen/Qwen2.5-7B", "--method", "qlora", "--gpu", "RTX4090"])
     assert result.exit_code == 0, result.output
-    for word in ("weights", "gradients", "optimizer states", "activations", "logits", "overhead", "peak total",
+    for word in ("weights", "gradients", "optimizer states", "activations", "logits", "allocated", "reserved", "device used",
                  "RTX4090"):
         assert word in result.stdout
 

@@ -112,3 +112,29 @@ def test_shipped_recipes_fall_inside_the_guide_ranges(name):
         pytest.skip(f"{name} not shipped yet")
     low, high = GUIDE_RANGES_GB[name]
     assert low * GB <= estimate(inputs_from_recipe(load_recipe(path))).total <= high * GB
+
+
+def test_three_meters_add_up_on_cuda():
+    """allocated + fragmentation = reserved; reserved + context + outside the allocator = device used = total."""
+    result = estimate(build_input(model="meta-llama/Llama-3.1-8B", method="full", batch_size=1, seq_len=512))
+    assert result.reserved == result.allocated + result.fragmentation > result.allocated
+    assert result.device_used == result.reserved + result.context + result.outside_allocator == result.total
+    assert result.fit_meter == "device_used"
+
+
+def test_paged_optimizer_states_are_outside_torchs_allocator():
+    """bitsandbytes pages the moments of tensors with >= 1e5 values (managed memory): device used, not allocated."""
+    base = dict(model="meta-llama/Llama-3.1-8B", method="full", batch_size=1, seq_len=512)
+    plain, paged = estimate(build_input(**base, optimizer="adamw_8bit")), estimate(
+        build_input(**base, optimizer="paged_adamw_8bit"))
+    assert plain.outside_allocator == 0
+    big = [n for n in build_input(**base).model.tensor_sizes() if n >= 100_000]
+    assert paged.outside_allocator == 2 * sum(big)  # two uint8 moments per value
+    assert paged.optimizer_states == plain.optimizer_states  # same bytes, different allocator
+    assert paged.allocated < plain.allocated and paged.device_used < plain.device_used  # no fragmentation on them
+
+
+def test_cpu_meters_are_tensors_and_rss():
+    result = estimate(build_input(model="HuggingFaceTB/SmolLM2-135M", method="lora", device="cpu", precision="fp32"))
+    assert result.allocated == result.reserved and result.outside_allocator == 0
+    assert result.device_used == result.allocated + result.context == result.total
