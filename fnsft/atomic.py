@@ -1,27 +1,75 @@
-"""Atomic file writes: write to a temporary name in the same directory, fsync, then rename into place."""
+"""Atomic writes, the one way fnsft writes a file or directory a reader may look at while it is being made.
+
+Everything is written under a temporary name in the target's directory (same file system, so the final rename
+is atomic), then renamed into place; on any error the temporary is removed and the target is left as it was.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextmanager
+def staged_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path next to ``target``; on success it is renamed onto ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    staging = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield staging
+        os.replace(staging, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_dir(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``target``; on success it becomes ``target`` in one rename.
+
+    An existing ``target`` directory is swapped out first, then deleted. ``replace=False`` keeps a ``target`` that
+    exists by then (another process made it first: a cache) and discards the staged copy.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.is_dir() and not replace:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            _replace_path(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_path(staged: Path, target: Path) -> None:
+    """Move ``staged`` onto ``target``; an existing directory target is swapped out first, then deleted."""
+    if target.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) and fsync it before the rename, so a crash leaves the old file or the new one."""
+    with staged_file(path) as staging, staging.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

@@ -12,13 +12,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnsft.atomic import staged_dir
 from fnsft.errors import ModelError
+from fnsft.hashing import file_sha256
 from fnsft.recipe.schema import ModelSection
 
 PACKAGE_SCHEME = "package://"
@@ -44,14 +44,6 @@ def resolve_package_path(spec: str) -> Path:
     return path
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class ModelSource:
     """A resolved base model: what to pass to from_pretrained, and its identity for the manifest."""
@@ -60,10 +52,6 @@ class ModelSource:
     kind: str  # "hub" | "dir" | "gguf"
     identity: dict[str, Any] = field(default_factory=dict)
     revision: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "hub"
 
 
 def _dir_identity(path: Path) -> dict[str, Any]:
@@ -131,17 +119,10 @@ def materialize_gguf(source: ModelSource) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=False)
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    with staged_dir(target, replace=False) as staging:  # a process that got there first keeps its copy
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "fnsft_source.json").write_text(json.dumps(source.identity, indent=2))
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():
-            raise
     return target
 
 

@@ -6,13 +6,13 @@ by line on failure so the error names the exact line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fnsft.errors import DataError
+from fnsft.hashing import files_sha256
 from fnsft.recipe.schema import DataSection
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -37,13 +37,7 @@ def data_files(path: Path) -> list[Path]:
 
 
 def files_fingerprint(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + files_sha256(files)
 
 
 def _locate_json_problem(file: Path) -> str:

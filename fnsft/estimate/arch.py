@@ -79,13 +79,6 @@ class ModelShape(BaseModel):
     def total_params(self) -> int:
         return sum(block.params * block.repeat for block in self.blocks) + sum(self.outside_params.values())
 
-    @property
-    def linear_params(self) -> int:
-        """Parameters in nn.Linear/Conv1D modules of the blocks (what bitsandbytes quantizes; lm_head excluded)."""
-        return sum(
-            layer.params * block.repeat for block in self.blocks for layer in block.linears if layer.is_linear_module
-        )
-
     def tensor_sizes(self) -> list[int]:
         """The element count of every parameter tensor (tied weights once), as model.parameters() yields them."""
         sizes = list(self.outside_params.values())

@@ -1,12 +1,8 @@
-"""Output plumbing shared by the exporters: disk preflight, atomic directory/file replacement, file listings."""
+"""Output plumbing shared by the exporters: disk preflight, sizes, file listings (atomic writes: fnsft.atomic)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -58,45 +54,6 @@ def ensure_free_space(directory: Path, needed: int, what: str) -> None:
             f"not enough disk space for {what}: about {human_size(needed)} needed, {human_size(free)} free in "
             f"{directory}. Free some space or export to another run directory."
         )
-
-
-def _replace_path(staged: Path, target: Path) -> None:
-    """Move ``staged`` onto ``target``; an existing directory target is swapped out first, then deleted."""
-    if target.is_dir():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-        os.replace(staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
-
-
-@contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory next to ``target``; on success it replaces ``target`` in one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield staging
-        _replace_path(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-@contextmanager
-def staged_file(target: Path) -> Iterator[Path]:
-    """Yield a temporary file path next to ``target``; on success it is renamed onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    staging = Path(name)
-    try:
-        yield staging
-        os.replace(staging, target)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
 
 
 def list_files(root: Path) -> list[OutputFile]:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fnsft.atomic import staged_file
 from fnsft.errors import ExportError, NotYetSupported
-from fnsft.export.files import ensure_free_space, staged_file
+from fnsft.export.files import ensure_free_space
 from fnsft.export.gguf_vocab import tokenizer_info
 from fnsft.export.merge import weight_entries
 from fnsft.export.safetensors_io import TensorEntry, read_tensor

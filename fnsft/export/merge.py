@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnsft.atomic import staged_dir
 from fnsft.errors import ExportError, NotYetSupported
-from fnsft.export.files import OutputFile, ensure_free_space, list_files, staged_dir
+from fnsft.export.files import OutputFile, ensure_free_space, list_files
 from fnsft.export.safetensors_io import TensorEntry, read_entries, read_tensor, write_streaming
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -211,14 +212,3 @@ def merge_lora(
         _copy_side_files(base_dir, adapter_dir, staging)
     return list_files(target)
 
-
-def copy_full_model(model_dir: Path, target: Path) -> list[OutputFile]:
-    """A full fine-tuning run exports as it is: copy its model directory (atomically) to ``target``."""
-    files = list_files(model_dir)
-    ensure_free_space(target.parent, sum(f.size for f in files), f"the model copy in {target}")
-    with staged_dir(target) as staging:
-        for item in files:
-            destination = staging / item.path.relative_to(model_dir)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(item.path, destination)
-    return list_files(target)

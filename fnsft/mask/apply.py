@@ -14,13 +14,13 @@ the base weight's rows (and bias entries).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from fnsft.errors import MaskError
+from fnsft.hashing import file_sha256
 from fnsft.mask.capture import (
     CapturePoint,
     block_mlp,
@@ -283,7 +283,7 @@ def attach_training_masks(
     zeroed = masks.zeroed_per_layer
     provenance = {
         "path": str(Path(mask_section.path).resolve()),
-        "sha256": hashlib.sha256(Path(mask_section.path).read_bytes()).hexdigest(),
+        "sha256": file_sha256(mask_section.path),
         "schema_version": mask.version,
         "built_for": mask.model.name,
         "capture": mask.capture,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fnsft.atomic import staged_file
 from fnsft.errors import MaskError
 from fnsft.mask.maskfile import MaskFile
 
@@ -16,11 +17,11 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with staged_file(path) as staging:
+            fig.savefig(staging, dpi=dpi, format=path.suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fnsft.atomic import atomic_write_json
+from fnsft.atomic import atomic_write_json, staged_dir
 from fnsft.console import err, out
 from fnsft.errors import FnsftError
+from fnsft.hashing import files_sha256
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 from fnsft.train import outdir
@@ -39,27 +38,14 @@ def _info(message: str) -> None:
 
 def weights_sha256(directory: Path) -> str:
     """Hash of the saved weight files (safetensors output is deterministic for identical tensors)."""
-    digest = hashlib.sha256()
-    for file in sorted(directory.glob("*.safetensors")):
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_sha256(sorted(directory.glob("*.safetensors")))
 
 
 def _save_final(trainer: Any, tokenizer: Any, target: Path) -> None:
     """Save the adapter (PEFT) or the whole model (full) into a temp dir, then rename into place."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         trainer.model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _predicted_memory(recipe: Recipe, longest_example: int) -> dict[str, Any] | None:
