@@ -13,7 +13,7 @@ from typing import Any
 
 from fnsft import __version__
 from fnsft.atomic import atomic_write_json
-from fnsft.environment import git_commit, hardware, package_versions
+from fnsft.environment import devices, git_commit, hardware, package_versions
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
@@ -51,6 +51,7 @@ def build_manifest(
         "packages": package_versions(),
         "git_commit": git_commit(),
         "hardware": hardware(),
+        "devices": devices(),  # decide bitwise equality besides packages and hardware (`fnsft reproduce` compares)
         "distributed": distributed or {"strategy": recipe.distributed.strategy, "world_size": 1},
         "wall_time_seconds": round(time.time() - started, 2),
         "tokens_seen": tokens_seen,

@@ -1,4 +1,4 @@
-"""Reproducibility: pin the dataset, record runtime facts, and re-run a finished run to check its weights hash.
+"""Reproducibility: re-run a finished run with its inputs pinned and check its weights hash.
 
 `fnsft reproduce RUN_DIR` re-runs the run's resolved recipe.yaml into a new directory, with the dataset
 fingerprint and base-model identity recorded in RUN_DIR/manifest.json pinned (a changed input is an error unless
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fnsft.errors import DataError, ModelError, TrainError
-from fnsft.recipe.schema import DataSection, Recipe
+from fnsft.errors import ModelError, TrainError
+from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
 #: Manifest sections whose differences can explain different weights (compared key by key).
@@ -39,26 +39,6 @@ class ReproduceReport(BaseModel):
     @property
     def weights_match(self) -> bool:
         return self.recorded_sha256 is not None and self.recorded_sha256 == self.new_sha256
-
-
-def check_dataset_pin(section: DataSection, fingerprint: str) -> None:
-    """A recipe that pins ``data.fingerprint`` trains only on exactly that data.
-
-    Raises:
-        DataError: the dataset's fingerprint differs from the pinned one.
-    """
-    if section.fingerprint is not None and section.fingerprint != fingerprint:
-        raise DataError(
-            f"{section.path}: dataset fingerprint is {fingerprint}, but the recipe pins {section.fingerprint}: the "
-            "data changed. Restore it, or remove data.fingerprint (--set data.fingerprint=null) to train on it anyway."
-        )
-
-
-def runtime_facts() -> dict[str, Any]:
-    """Facts the manifest's hardware section lacks but that decide bitwise equality: devices, threads."""
-    from fnsft.environment import devices
-
-    return devices()
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:

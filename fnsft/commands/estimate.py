@@ -40,13 +40,13 @@ def estimate(
     import json
 
     from fnsft.errors import EstimateError
-    from fnsft.estimate.arch import catalog_names
     from fnsft.estimate.fit import make_it_fit, recommendation
     from fnsft.estimate.gpus import COMMON_GPUS, GPU_MEMORY, parse_memory
     from fnsft.estimate.gpus import gpu_memory as lookup_gpu
     from fnsft.estimate.inputs import build_input, inputs_from_recipe
     from fnsft.estimate.memory import estimate as run_estimate
     from fnsft.estimate.report import render, to_json
+    from fnsft.estimate.resolve import catalog_names
 
     if list_models:
         for name in catalog_names():

@@ -40,6 +40,19 @@ def files_fingerprint(files: list[Path]) -> str:
     return "sha256:" + files_sha256(files)
 
 
+def check_dataset_pin(section: DataSection, fingerprint: str) -> None:
+    """A recipe that pins ``data.fingerprint`` trains only on exactly that data.
+
+    Raises:
+        DataError: the dataset's fingerprint differs from the pinned one.
+    """
+    if section.fingerprint is not None and section.fingerprint != fingerprint:
+        raise DataError(
+            f"{section.path}: dataset fingerprint is {fingerprint}, but the recipe pins {section.fingerprint}: the "
+            "data changed. Restore it, or remove data.fingerprint (--set data.fingerprint=null) to train on it anyway."
+        )
+
+
 def _locate_json_problem(file: Path) -> str:
     """Re-read a JSON/JSONL file to name the line that broke the fast loader."""
     text = file.read_text(encoding="utf-8", errors="replace")

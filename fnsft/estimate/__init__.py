@@ -22,7 +22,7 @@ _EXPORTS = {
     "recommendation": "fnsft.estimate.fit",
     "parse_memory": "fnsft.estimate.gpus",
     "gpu_memory": "fnsft.estimate.gpus",
-    "resolve_shape": "fnsft.estimate.arch",
+    "resolve_shape": "fnsft.estimate.resolve",
     "ModelShape": "fnsft.estimate.arch",
 }
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from fnsft.errors import EstimateError
-from fnsft.estimate.arch import ModelShape, resolve_shape
+from fnsft.estimate.arch import ModelShape
 from fnsft.estimate.memory import EstimateInput
+from fnsft.estimate.resolve import resolve_shape
 
 if TYPE_CHECKING:
     from fnsft.recipe.schema import Recipe

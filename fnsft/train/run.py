@@ -104,9 +104,9 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
+    from fnsft.data.load import check_dataset_pin
     from fnsft.data.prepare import prepare_datasets
     from fnsft.models import load_causal_lm, load_tokenizer, resolve_model
-    from fnsft.reproduce import check_dataset_pin
     from fnsft.train.build import (
         lora_config,
         quantization_config,
@@ -208,7 +208,6 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     atomic_write_json(run.metrics, metrics)
 
     from fnsft.manifest import build_manifest, write_manifest
-    from fnsft.reproduce import runtime_facts
 
     lengths = [len(ids) for ids in data.train["input_ids"]]
     memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe, max(lengths, default=1))}
@@ -226,7 +225,6 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         mask=mask_handle.provenance if mask_handle is not None else None,
         distributed=_distributed_facts(recipe),
     )
-    manifest["devices"] = runtime_facts()  # what `fnsft reproduce` compares besides packages and hardware
     write_manifest(run, manifest)
     _print_summary(run, target, metrics)
     return RunResult(run, metrics, manifest)

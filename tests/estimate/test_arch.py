@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fnsft.errors import EstimateError
-from fnsft.estimate.arch import resolve_shape, shape_from_config
+from fnsft.estimate.arch import shape_from_config
 from fnsft.estimate.catalog import CATALOG, catalog_lookup
+from fnsft.estimate.resolve import resolve_shape
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers")
 
