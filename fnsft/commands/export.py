@@ -14,13 +14,14 @@ def export(
     run_dir: Path = typer.Argument(..., help="A finished run directory (written by `fnsft train`)."),
     merge: bool = typer.Option(False, "--merge", help="Write exports/merged/: the LoRA adapter merged into the base."),
     gguf: list[str] = typer.Option(
-        [], "--gguf", help="GGUF type to write; repeat for several: f32, f16, bf16, q8_0, q4_0 (built in), "
-        "q4_k_m, q5_k_m, q6_k, ... (need llama.cpp's llama-quantize).",
+        [], "--gguf", help="GGUF type to write; repeat for several: f32, f16, bf16, q8_0, q4_0, q2_k, q3_k_s, "
+        "q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k (all written by fnsft, no llama.cpp needed).",
     ),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest merged safetensors shard "
                                        "(the merge itself holds one tensor at a time)."),
-    llama_quantize: str | None = typer.Option(None, "--llama-quantize", help="Path to llama-quantize for K-quants "
-                                              "(default: looked up on PATH; never downloaded)."),
+    llama_quantize: str | None = typer.Option(None, "--llama-quantize", help="Make the K-quants with llama.cpp's "
+                                              "llama-quantize (a path or a name on PATH) instead of fnsft's own "
+                                              "encoder (optional; never downloaded)."),
     modelfile: bool = typer.Option(True, "--modelfile/--no-modelfile", help="Write an Ollama Modelfile beside the GGUF."),
 ) -> None:
     """Merge a LoRA run into its base model and/or write GGUF files into RUN_DIR/exports/."""

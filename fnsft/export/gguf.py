@@ -4,8 +4,9 @@ The conversion follows llama.cpp's ``convert_hf_to_gguf.py`` for the architectur
 HF tensor names go through gguf's own tensor name map, llama-family q/k projections get llama.cpp's rotary head
 permutation, Gemma norms are stored as ``1 + w`` (llama.cpp multiplies by the stored weight), and the tokenizer is
 written completely (tokens, token types, merges, bos/eos/unk/pad, add-bos, pre-tokenizer name, chat template).
-f32/f16/bf16/q8_0/q4_0 are produced by gguf's numpy quantizers; K-quants need llama.cpp's ``llama-quantize``
-binary, which is run on an f16 GGUF only when it is found on PATH or given explicitly.
+f32/f16/bf16/q8_0/q4_0 (and the 32-block fallbacks) are produced by gguf's numpy quantizers, the K-quants
+(q2_k … q6_k and the _S/_M/_L mixtures) by :mod:`fnsft.export.kquants`, with llama.cpp's per-tensor type choice
+(:mod:`fnsft.export.quant_types`). llama.cpp's ``llama-quantize`` is used only when asked for (``--llama-quantize``).
 Tensors are streamed: the header is written from shapes alone, then each tensor is read, converted and written.
 """
 
@@ -21,15 +22,14 @@ from fnsft.atomic import staged_file
 from fnsft.errors import ExportError, NotYetSupported
 from fnsft.export.files import ensure_free_space
 from fnsft.export.gguf_vocab import tokenizer_info
+from fnsft.export.kquants import ENCODERS as K_ENCODERS
+from fnsft.export.kquants import quantize_k
 from fnsft.export.merge import weight_entries
+from fnsft.export.quant_types import K_TYPES, QUANT_TYPES, ModelShape, file_type_name, tensor_type_name
 from fnsft.export.safetensors_io import TensorEntry, read_tensor
 
-NUMPY_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-#: K-quants and friends: llama.cpp's quantizer only (gguf.quants has no K-quant encoder).
-LLAMA_QUANTIZE_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
-QUANT_TYPES = NUMPY_TYPES + LLAMA_QUANTIZE_TYPES
-#: Block length of the numpy-quantized types: rows whose length is not a multiple fall back to f16.
-QUANT_BLOCK = 32
+#: File types llama-quantize can make from fnsft's f16 file, when the user asks for it.
+LLAMA_QUANTIZE_TYPES = K_TYPES
 
 
 @dataclass(frozen=True)
@@ -72,19 +72,17 @@ def check_exportable(config: Any, quant_types: list[str], llama_quantize: str | 
     for qtype in quant_types:
         if qtype not in QUANT_TYPES:
             raise ExportError(f"unknown GGUF type '{qtype}'; choose from {', '.join(QUANT_TYPES)}")
-        if qtype in LLAMA_QUANTIZE_TYPES:
+        if qtype in LLAMA_QUANTIZE_TYPES and llama_quantize:
             find_llama_quantize(llama_quantize)
 
 
-def find_llama_quantize(explicit: str | None) -> Path:
-    """The ``llama-quantize`` binary: the given path, else PATH. Never downloaded or compiled."""
-    found = explicit if explicit and Path(explicit).is_file() else shutil.which(explicit or "llama-quantize")
+def find_llama_quantize(explicit: str) -> Path:
+    """The ``llama-quantize`` binary the user asked for: a path, or a name looked up on PATH. Never downloaded."""
+    found = explicit if Path(explicit).is_file() else shutil.which(explicit)
     if not found:
         raise ExportError(
-            "K-quant GGUF types (q4_k_m, q5_k_m, ...) need llama.cpp's `llama-quantize`, which was not found "
-            f"{'at ' + explicit if explicit else 'on PATH'}. Install llama.cpp (e.g. `brew install llama.cpp` or a "
-            "release from github.com/ggml-org/llama.cpp) and pass --llama-quantize PATH, or use q8_0/q4_0, which "
-            "fnsft writes itself. fnsft never downloads or compiles it for you."
+            f"--llama-quantize {explicit}: no such executable (give a path, or a name on PATH). It is optional: "
+            "without --llama-quantize fnsft writes the K-quants itself."
         )
     return Path(found)
 
@@ -115,28 +113,16 @@ def permute_qk(weights, n_head: int, n_head_kv: int | None):
     )
 
 
-def _tensor_type(gguf_name: str, shape: tuple[int, ...], qtype: str):
-    """The GGML type one tensor is stored in for the requested file type (1-D tensors always f32)."""
-    from gguf import GGMLQuantizationType as T
-
-    if len(shape) < 2 or qtype == "f32":
-        return T.F32
-    if qtype == "f16":
-        return T.F16
-    if qtype == "bf16":
-        return T.BF16
-    if shape[-1] % QUANT_BLOCK:
-        return T.F16  # llama.cpp's fallback for rows the block quantizers cannot split
-    if qtype == "q4_0" and gguf_name in ("token_embd.weight", "output.weight"):
-        return T.Q8_0  # the most sensitive matrices stay 8-bit (llama.cpp uses a higher type there too)
-    return T.Q8_0 if qtype == "q8_0" else T.Q4_0
+def model_shape(config: Any, has_output: bool) -> ModelShape:
+    heads = config.num_attention_heads
+    return ModelShape(config.num_hidden_layers, heads // (getattr(config, "num_key_value_heads", None) or heads),
+                      tied_output=not has_output)
 
 
 def _file_type(qtype: str) -> int:
-    from gguf import LlamaFileType as F
+    from gguf import LlamaFileType
 
-    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
-            "q4_0": F.MOSTLY_Q4_0}[qtype]
+    return LlamaFileType[file_type_name(qtype)]
 
 
 @dataclass(frozen=True)
@@ -155,15 +141,17 @@ def plan_tensors(model_dir: Path, config: Any, qtype: str) -> list[PlannedTensor
     arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == spec.gguf_arch)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = spec.always_tied or bool(getattr(config, "tie_word_embeddings", False))
-    planned = []
+    named = []
     for entry in weight_entries(model_dir):
         if entry.name.endswith("rotary_emb.inv_freq") or (tied and entry.name == "lm_head.weight"):
             continue
         gguf_name = name_map.get_name(entry.name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ExportError(f"{entry.name}: no GGUF name for this tensor of a {config.model_type} model")
-        planned.append(PlannedTensor(entry, gguf_name, entry.shape, _tensor_type(gguf_name, entry.shape, qtype)))
-    return planned
+        named.append((entry, gguf_name))
+    shape = model_shape(config, has_output=any(name == "output.weight" for _, name in named))
+    return [PlannedTensor(entry, name, entry.shape, gguf.GGMLQuantizationType[tensor_type_name(
+        name, entry.shape, qtype, shape)]) for entry, name in named]
 
 
 def _converted(planned: PlannedTensor, config: Any):
@@ -180,7 +168,10 @@ def _converted(planned: PlannedTensor, config: Any):
         data = permute_qk(data, config.num_attention_heads, config.num_key_value_heads)
     if spec.norm_plus_one and planned.entry.name.endswith("norm.weight"):
         data = data + 1
-    return quants.quantize(np.ascontiguousarray(data, dtype=np.float32), planned.ggml_type)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if planned.ggml_type.name in K_ENCODERS:
+        return quantize_k(data, planned.ggml_type.name)
+    return quants.quantize(data, planned.ggml_type)
 
 
 def _byte_size(planned: PlannedTensor) -> int:
@@ -233,8 +224,8 @@ class GgufMetadata:
 
 
 def estimate_gguf_bytes(model_dir: Path, config: Any, qtype: str) -> int:
-    """Tensor bytes of the GGUF file for ``qtype`` (K-quants estimated by their f16 intermediate)."""
-    planned = plan_tensors(model_dir, config, "f16" if qtype in LLAMA_QUANTIZE_TYPES else qtype)
+    """Tensor bytes of the GGUF file for ``qtype``."""
+    planned = plan_tensors(model_dir, config, qtype)
     return sum(_byte_size(p) for p in planned)
 
 
@@ -244,7 +235,7 @@ def write_gguf(model_dir: Path, target: Path, qtype: str, metadata: GgufMetadata
     Args:
         model_dir: merged or fully fine-tuned model directory.
         target: the .gguf file to write (replaced atomically).
-        qtype: one of :data:`NUMPY_TYPES`.
+        qtype: one of :data:`QUANT_TYPES`.
         metadata: general.* metadata.
 
     Returns:
@@ -255,8 +246,6 @@ def write_gguf(model_dir: Path, target: Path, qtype: str, metadata: GgufMetadata
 
     config = AutoConfig.from_pretrained(model_dir)
     check_exportable(config, [qtype])
-    if qtype not in NUMPY_TYPES:
-        raise ExportError(f"write_gguf writes {', '.join(NUMPY_TYPES)}; '{qtype}' goes through llama-quantize")
     planned = plan_tensors(model_dir, config, qtype)
     tokenizer = tokenizer_info(model_dir, config.vocab_size, metadata.tokenizer_pre)
     ensure_free_space(target.parent, sum(_byte_size(p) for p in planned), f"the GGUF file {target.name}")

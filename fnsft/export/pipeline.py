@@ -1,7 +1,7 @@
 """`fnsft export` as a library call: run directory in, files under RUN_DIR/exports/ out.
 
 Order matters for the user's time: every check that can fail (finished run, architecture, rope scaling, quant
-types, llama-quantize, disk space) runs before the first byte of merge work.
+types, an asked-for llama-quantize, disk space) runs before the first byte of merge work.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def export_run(
         merge: write exports/merged/ (LoRA merged into the base; a full run is already a full model).
         gguf_types: GGUF types to write, e.g. ["f16", "q8_0"]; a PEFT run is merged first.
         max_shard_bytes: maximum size of each merged safetensors shard.
-        llama_quantize: path to llama.cpp's llama-quantize, needed only for K-quants.
+        llama_quantize: llama.cpp's llama-quantize (path or name on PATH) to make the K-quants with instead of
+            fnsft's own encoder; None (the default) needs no llama.cpp at all.
         modelfile: write an Ollama Modelfile beside the first GGUF.
 
     Returns:
@@ -190,7 +191,7 @@ def _write_gguf_files(
     written: list[OutputFile] = []
     for qtype in gguf_types:
         target = run.exports / f"{stem}-{qtype}.gguf"
-        if qtype in LLAMA_QUANTIZE_TYPES:
+        if qtype in LLAMA_QUANTIZE_TYPES and llama_quantize:
             binary = find_llama_quantize(llama_quantize)
             run.exports.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(prefix=f".{stem}-{qtype}.", suffix=".f16.gguf", dir=run.exports)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from export_runs import RunDir, build_sentencepiece_model, build_small_vocab_model, make_run_dir
+from export_runs import KQUANT_SIZES, RunDir, build_sentencepiece_model, build_small_vocab_model, make_run_dir
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,13 @@ def _run_factory(tmp_path_factory, build, label: str):
 def small_run_factory(tmp_path_factory):
     """Call with 'llama' | 'qwen2' | 'gemma' | 'gemma2' → (LoRA run, base dir) on a small-vocabulary tiny model."""
     return _run_factory(tmp_path_factory, build_small_vocab_model, "small")
+
+
+@pytest.fixture(scope="session")
+def kquant_run(tmp_path_factory):
+    """(LoRA run, base dir) on a small-vocabulary Mistral (untied output) with 256/512-value rows: K-quant sizes."""
+    base = build_small_vocab_model("mistral", tmp_path_factory.mktemp("kquant") / "base", **KQUANT_SIZES)
+    return make_run_dir(tmp_path_factory.mktemp("kquant-run") / "run", base), base
 
 
 @pytest.fixture(scope="session")

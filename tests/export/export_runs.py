@@ -161,8 +161,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_small_vocab_model(arch: str, target: Path) -> Path:
-    """A random tiny model of ``arch`` with a 320-token byte-level BPE tokenizer trained on the fixed prompts."""
+#: Sizes of the K-quant test models: rows of 256 and 512 values, so the 256-value super-blocks are really used.
+KQUANT_SIZES = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4)
+
+
+def build_small_vocab_model(arch: str, target: Path, **sizes) -> Path:
+    """A random tiny model of ``arch`` with a 320-token byte-level BPE tokenizer trained on the fixed prompts
+    (``sizes`` override hidden_size, intermediate_size, num_hidden_layers)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -181,18 +186,19 @@ def build_small_vocab_model(arch: str, target: Path) -> Path:
         unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    return save_small_model(arch, tokenizer, target, vocab_size=320)
+    return save_small_model(arch, tokenizer, target, vocab_size=320, **sizes)
 
 
-def save_small_model(arch: str, tokenizer, target: Path, vocab_size: int) -> Path:
+def save_small_model(arch: str, tokenizer, target: Path, vocab_size: int, **sizes) -> Path:
     """A random ``arch`` model of the small shapes above, saved with ``tokenizer``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2) | sizes
     config = AutoConfig.for_model(
-        arch, vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SMALL_VOCAB_SHAPES[arch],
+        arch, vocab_size=vocab_size, num_attention_heads=4, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **shape, **SMALL_VOCAB_SHAPES[arch],
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(target)

@@ -150,13 +150,15 @@ def test_unsupported_architecture_fails_before_any_merge_work(small_run_factory,
     assert not (run_dir / "exports").exists()
 
 
-def test_k_quants_need_llama_quantize_and_fail_early(small_run_factory, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))
+def test_k_quants_need_no_llama_cpp_and_a_missing_asked_for_one_fails_early(small_run_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing of llama.cpp anywhere
     run = small_run_factory("qwen2")[0]
     before = sorted(p.name for p in run.exports.iterdir()) if run.exports.exists() else []
-    with pytest.raises(ExportError, match="llama-quantize.*never downloads or compiles"):
-        export_run(run.root, merge=True, gguf_types=["q4_k_m"])
+    with pytest.raises(ExportError, match="--llama-quantize llama-quantize: no such executable"):
+        export_run(run.root, merge=True, gguf_types=["q4_k_m"], llama_quantize="llama-quantize")
     assert (sorted(p.name for p in run.exports.iterdir()) if run.exports.exists() else []) == before
+    export_run(run.root, gguf_types=["q4_k_m"], modelfile=False)
+    assert (run.exports / f"{run.root.name}-q4_k_m.gguf").is_file()
 
 
 def test_k_quants_run_the_given_llama_quantize(small_run_factory, tmp_path):
