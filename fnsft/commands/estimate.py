@@ -13,6 +13,9 @@ from fnsft.console import out
 def estimate(
     recipe: Path | None = typer.Argument(None, help="Recipe file; flags override its values."),
     model: str | None = typer.Option(None, "--model", help="Hub id, catalog name, model dir, config.json or .gguf."),
+    config: Path | None = typer.Option(
+        None, "--config", help="A model's config.json (any supported model_type) instead of --model's lookup."
+    ),
     method: str | None = typer.Option(None, "--method", help="lora | qlora | full"),
     precision: str | None = typer.Option(None, "--precision", help="bf16 | fp16 | fp32 | bf16-mixed | fp16-mixed"),
     optimizer: str | None = typer.Option(
@@ -54,6 +57,10 @@ def estimate(
         return
     if device not in ("cuda", "cpu"):
         raise EstimateError(f"--device must be cuda or cpu, not '{device}'")
+    if config is not None:
+        if model is not None:
+            raise EstimateError("give --model or --config, not both")
+        model = str(config)
     overrides: dict[str, Any] = {
         "model": model, "method": method, "precision": precision, "optimizer": optimizer, "batch_size": batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "seq_len": seq_len,

@@ -5,8 +5,9 @@ A :class:`ModelShape` lists every weight matrix of a repeated block (with its bi
 the blocks, so parameter counts are exact (the tests check every catalog entry against a meta-device
 instantiation in transformers) and LoRA/QLoRA can be costed per targeted linear layer.
 
-Supported ``model_type`` values: llama, mistral, mixtral, qwen2, qwen3, gemma, gemma2, gemma3_text (gemma3 via its
-text_config), phi, phi3, gpt2, falcon, stablelm, bloom, t5. Others raise :class:`EstimateError`.
+Supported ``model_type`` values: llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, gemma2,
+gemma3_text (gemma3 via its text_config), olmo, olmo2, phi, phi3, gpt2, gpt_neox, falcon, stablelm, bloom, t5.
+Others raise :class:`EstimateError`.
 """
 
 from __future__ import annotations
@@ -122,8 +123,13 @@ def _llama_like(mt: str, c: dict[str, Any]) -> dict[str, Any]:
         mlp_bias = bool(c.get("mlp_bias", False))
     if mt == "qwen2":
         qkv_bias, o_bias = True, False
-    if mt in ("qwen3", "gemma3_text"):
+    if mt in ("qwen3", "gemma3_text", "qwen3_moe", "olmo2"):
         qk_norm = True
+    if mt == "qwen2_moe":
+        qkv_bias, o_bias = bool(c.get("qkv_bias", True)), False
+    if mt in ("qwen2_moe", "qwen3_moe") and (c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1):
+        raise EstimateError(f"{mt} with dense layers between the MoE layers (mlp_only_layers/decoder_sparse_step) "
+                            "is not supported by the estimator")
     if mt in ("gemma2", "gemma3_text"):
         norms = 4
     if mt == "stablelm":
@@ -132,6 +138,10 @@ def _llama_like(mt: str, c: dict[str, Any]) -> dict[str, Any]:
         qkv_bias, o_bias, norm = bool(c.get("use_qkv_bias", False)), False, "layer"
     norm_tensors = [h, h] if norm == "layer" else [h]
     other = norm_tensors * norms + ([hd, hd] if qk_norm else [])
+    if mt == "olmo":  # OLMo's LayerNorm has no weight or bias
+        norm, other = "layer", []
+    if mt == "olmo2":  # post-norms, and q/k norms over all heads (not per head)
+        other = [h, h, heads * hd, kv * hd]
     if mt == "phi3":
         linears = [
             LinearLayer(name="qkv_proj", d_in=h, d_out=(heads + 2 * kv) * hd),
@@ -146,17 +156,30 @@ def _llama_like(mt: str, c: dict[str, Any]) -> dict[str, Any]:
             LinearLayer(name="experts.gate_up_proj", d_in=h, d_out=2 * inter, count=experts, is_linear_module=False),
             LinearLayer(name="experts.down_proj", d_in=inter, d_out=h, count=experts, is_linear_module=False),
         ]
+    elif mt in ("qwen2_moe", "qwen3_moe"):
+        experts, inter = c["num_experts"], c["moe_intermediate_size"]
+        linears = _attention(h, heads, kv, hd, qkv_bias, o_bias) + [
+            LinearLayer(name="gate", d_in=h, d_out=experts, is_linear_module=False),  # router: a bare Parameter
+            LinearLayer(name="experts.gate_up_proj", d_in=h, d_out=2 * inter, count=experts, is_linear_module=False),
+            LinearLayer(name="experts.down_proj", d_in=inter, d_out=h, count=experts, is_linear_module=False),
+        ]
+        if mt == "qwen2_moe":  # one always-on shared expert with a sigmoid gate
+            shared = c["shared_expert_intermediate_size"]
+            linears += [layer.model_copy(update={"name": f"shared_expert.{layer.name}"}) for layer in _gated_mlp(h, shared)]
+            linears.append(LinearLayer(name="shared_expert_gate", d_in=h, d_out=1))
     else:
         linears = _attention(h, heads, kv, hd, qkv_bias, o_bias) + _gated_mlp(h, inter, mlp_bias)
     tie = bool(c.get("tie_word_embeddings", mt.startswith("gemma")))
     vocab = c["vocab_size"]
     outside = {"embed_tokens": vocab * h, "norm.weight": h} | ({"norm.bias": h} if norm == "layer" else {})
+    if mt == "olmo":
+        del outside["norm.weight"], outside["norm.bias"]
     if not tie:
         outside["lm_head"] = vocab * h
     return dict(
         vocab_size=vocab, hidden_size=h, num_layers=layers, num_heads=heads, num_kv_heads=kv, head_dim=hd,
         intermediate_size=inter, tie_word_embeddings=tie, norm=norm, norms_per_layer=norms, qk_norm=qk_norm,
-        num_experts=c.get("num_local_experts", 1), experts_per_token=c.get("num_experts_per_tok", 1),
+        num_experts=_get(c, "num_local_experts", "num_experts", default=1), experts_per_token=c.get("num_experts_per_tok", 1),
         blocks=[Block(name="layer", repeat=layers, linears=linears, other_tensors=other)], outside_params=outside,
         max_position_embeddings=c.get("max_position_embeddings"),
     )
@@ -199,6 +222,27 @@ def _gpt2(c: dict[str, Any]) -> dict[str, Any]:
         blocks=[Block(name="layer", repeat=layers, linears=linears, other_tensors=[h] * 4)],
         outside_params={"embed_tokens": vocab * h, "position_embeddings": positions * h, "norm.weight": h, "norm.bias": h},
         max_position_embeddings=positions,
+    )
+
+
+def _gpt_neox(c: dict[str, Any]) -> dict[str, Any]:
+    """GPT-NeoX / Pythia: fused qkv with bias, GeLU MLP, two LayerNorms, untied embed_out by default."""
+    h, layers, heads, vocab, inter = (c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                                      c["vocab_size"], c["intermediate_size"])
+    bias = bool(c.get("attention_bias", True))
+    linears = [
+        LinearLayer(name="query_key_value", d_in=h, d_out=3 * h, bias=bias),
+        LinearLayer(name="dense", d_in=h, d_out=h, bias=bias),
+        LinearLayer(name="dense_h_to_4h", d_in=h, d_out=inter, bias=True),
+        LinearLayer(name="dense_4h_to_h", d_in=inter, d_out=h, bias=True),
+    ]
+    tie = bool(c.get("tie_word_embeddings", False))
+    outside = {"embed_tokens": vocab * h, "norm.weight": h, "norm.bias": h} | ({} if tie else {"lm_head": vocab * h})
+    return dict(
+        vocab_size=vocab, hidden_size=h, num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=h // heads,
+        intermediate_size=inter, tie_word_embeddings=tie, norm="layer", gated_mlp=False,
+        blocks=[Block(name="layer", repeat=layers, linears=linears, other_tensors=[h] * 4)],
+        outside_params=outside, max_position_embeddings=c.get("max_position_embeddings"),
     )
 
 
@@ -274,8 +318,10 @@ def _t5(c: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "stablelm")
-SUPPORTED_TYPES = LLAMA_LIKE + ("phi", "gpt2", "falcon", "bloom", "t5")
+LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "stablelm",
+              "olmo", "olmo2", "qwen2_moe", "qwen3_moe")
+_OTHER_TYPES = {"phi": _phi, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "falcon": _falcon, "bloom": _bloom, "t5": _t5}
+SUPPORTED_TYPES = LLAMA_LIKE + tuple(_OTHER_TYPES)
 
 
 def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelShape:
@@ -298,8 +344,8 @@ def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelSh
     try:
         if model_type in LLAMA_LIKE:
             fields = _llama_like(model_type, config)
-        elif model_type in ("phi", "gpt2", "falcon", "bloom", "t5"):
-            fields = {"phi": _phi, "gpt2": _gpt2, "falcon": _falcon, "bloom": _bloom, "t5": _t5}[model_type](config)
+        elif model_type in _OTHER_TYPES:
+            fields = _OTHER_TYPES[model_type](config)
         else:
             raise EstimateError(
                 f"{name}: model_type '{model_type or '?'}' is not supported by the estimator "

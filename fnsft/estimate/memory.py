@@ -135,9 +135,6 @@ class EstimateInput(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> EstimateInput:
-        limit = self.model.max_position_embeddings
-        if limit and self.seq_len > limit:
-            raise ValueError(f"seq_len {self.seq_len} is beyond {self.model.name}'s maximum of {limit} positions")
         if self.method == "qlora" and self.precision.startswith("fp32"):
             raise ValueError("qlora needs a 16-bit compute dtype (precision bf16 or fp16)")
         return self
@@ -189,6 +186,7 @@ class Breakdown(BaseModel):
     total: int = Field(description="The predicted peak on the fit meter (device_used).")
     peak_phase: str
     cpu_offloaded: int = Field(0, description="Bytes moved to host memory by --offload (not in total).")
+    warnings: list[str] = Field(default_factory=list, description="Things to check that do not stop the estimate.")
 
 
 def lora_target_layers(inp: EstimateInput) -> list[LinearLayer]:
@@ -421,6 +419,11 @@ def estimate(inp: EstimateInput) -> Breakdown:
     """
     _check_sizes(inp)
     model = inp.model
+    warnings = []
+    limit = model.max_position_embeddings
+    if limit and inp.seq_len > limit:
+        warnings.append(f"seq_len {inp.seq_len} is beyond {model.name}'s max_position_embeddings {limit}: the model "
+                        "needs RoPE scaling (rope_scaling) to be trained that long; memory is estimated as asked")
     weights, quantized, constants, unquantized = _weights(inp)
     sizes, value_bytes = _trainable(inp)
     trainable = sum(sizes)
@@ -490,4 +493,5 @@ def estimate(inp: EstimateInput) -> Breakdown:
         workspace=workspace, communication=communication, outside_allocator=outside, fragmentation=fragmentation,
         context=context, overhead=fragmentation + context, allocated=allocated, reserved=reserved,
         device_used=device_used, total=device_used, peak_phase=phase, cpu_offloaded=cpu_offloaded,
+        warnings=warnings,
     )

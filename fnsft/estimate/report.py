@@ -15,6 +15,7 @@ JSON schema ``fnsft-estimate/1`` (bytes are integers, per GPU; per process with 
 * ``meters``: ``{"allocated", "reserved", "device_used", "fit_meter"}``: the peak on each of the three meters
   users read (torch.cuda.max_memory_allocated, max_memory_reserved, nvidia-smi; on CPU tensors and RSS) and the
   one the fit verdict uses (``device_used``; ``bytes.total`` is the same number).
+* ``warnings``: list of strings (e.g. seq_len beyond max_position_embeddings); the estimate still stands.
 * ``peak_phase``: when the peak happens ("loss (end of forward)", "backward", "optimizer step").
 * ``fit``: list of ``{"gpu": name or null, "memory_bytes": int, "fits": bool, "headroom_bytes": int}``.
 * ``suggestions``: list of ``{"description", "changes", "total_bytes"}``, cheapest first (empty when it fits).
@@ -42,7 +43,7 @@ def fit_rows(total: int, budgets: list[tuple[str | None, int]]) -> list[dict[str
 def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | None, int]],
             suggestions: list[Suggestion], recommendation: str) -> dict[str, Any]:
     """The machine-readable report (see the module docstring for the keys)."""
-    numbers = breakdown.model_dump(exclude={"peak_phase", "trainable_params", "total_params", "fit_meter"})
+    numbers = breakdown.model_dump(exclude={"peak_phase", "trainable_params", "total_params", "fit_meter", "warnings"})
     return {
         "schema": SCHEMA,
         "model": {
@@ -54,6 +55,7 @@ def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | 
         "meters": {"allocated": breakdown.allocated, "reserved": breakdown.reserved,
                    "device_used": breakdown.device_used, "fit_meter": breakdown.fit_meter},
         "peak_phase": breakdown.peak_phase,
+        "warnings": breakdown.warnings,
         "fit": fit_rows(breakdown.total, budgets),
         "suggestions": [
             {"description": s.description, "changes": s.changes, "total_bytes": s.total} for s in suggestions
@@ -119,6 +121,7 @@ def render(report: dict[str, Any]):
     table.add_row("[bold]device used[/]", f"[bold]{_gib(numbers['device_used'])}[/]",
                   f"{used}; the fit verdict uses this meter")
     parts: list[Any] = [table]
+    parts += [Text(f"warning: {warning}", style="yellow") for warning in report["warnings"]]
     if numbers["cpu_offloaded"]:
         parts.append(Text(f"CPU memory for offloaded states: {_gib(numbers['cpu_offloaded'])} GiB per process"))
     for row in report["fit"]:

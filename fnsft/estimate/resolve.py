@@ -80,7 +80,8 @@ def resolve_shape(model: str, gguf_file: str | None = None) -> ModelShape:
         return shape_from_config(_read_json(path / "config.json"), model, "config")
     key = catalog_lookup(model)
     if key is not None:
-        return shape_from_config(CATALOG[key], key, "catalog")
+        same = model.strip().lower() == key.lower()
+        return shape_from_config(CATALOG[key], key if same else f"{model} (same shapes as {key})", "catalog")
     if model.count("/") == 1:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         config = _hub_config(model, offline)

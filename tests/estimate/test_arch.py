@@ -51,6 +51,8 @@ def test_catalog_counts_exact_full_depth(name):
     ("mistralai/Mixtral-8x7B-v0.1", 46_702_792_704),
     ("openai-community/gpt2", 124_439_808),
     ("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512),
+    ("EleutherAI/pythia-70m", 70_426_624),  # the Pythia paper's table
+    ("EleutherAI/pythia-6.9b", 6_857_302_016),
 ])
 def test_catalog_matches_published_counts(name, published):
     assert resolve_shape(name).total_params == published

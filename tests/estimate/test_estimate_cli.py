@@ -39,7 +39,7 @@ def test_recipe_estimate_json_has_stable_keys(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["schema"] == "fnsft-estimate/1"
-    assert set(report) == {"schema", "model", "input", "bytes", "meters", "peak_phase", "fit", "suggestions",
+    assert set(report) == {"schema", "model", "input", "bytes", "meters", "peak_phase", "warnings", "fit", "suggestions",
                            "recommendation"}
     meters = report["meters"]
     assert meters["allocated"] < meters["reserved"] < meters["device_used"] == report["bytes"]["total"]
@@ -88,12 +88,19 @@ def test_bad_input_exits_2_with_one_line(monkeypatch):
     assert unknown.exit_code == 2 and "--model path/config.json" in unknown.output
     gpu = runner.invoke(app, ["estimate", "--model", "gpt2", "--gpu", "Z80"])
     assert gpu.exit_code == 2 and "RTX4090" in gpu.output
-    seq = runner.invoke(app, ["estimate", "--model", "gpt2", "--seq-len", "4096"])
-    assert seq.exit_code == 2 and "beyond" in seq.output
     zero = runner.invoke(app, ["estimate", "--model", "gpt2", "--batch-size", "0"])
     assert zero.exit_code == 2 and "batch_size" in zero.output
     nothing = runner.invoke(app, ["estimate"])
     assert nothing.exit_code == 2 and "--model" in nothing.output
+
+
+def test_seq_len_beyond_max_positions_is_a_warning_not_a_refusal():
+    result = runner.invoke(app, ["estimate", "--model", "gpt2", "--seq-len", "4096", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert any("max_position_embeddings 1024" in warning for warning in report["warnings"])
+    table = runner.invoke(app, ["estimate", "--model", "gpt2", "--seq-len", "4096"])
+    assert table.exit_code == 0 and "warning: seq_len 4096" in table.stdout
 
 
 def test_list_models():
@@ -107,3 +114,15 @@ def test_estimate_imports_no_torch():
             "assert r.exit_code == 0, r.output; "
             "assert not {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules), 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_flag_reads_any_config_json(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 512, "num_hidden_layers": 6,
+                                  "num_attention_heads": 8, "intermediate_size": 2048, "vocab_size": 50304}))
+    result = runner.invoke(app, ["estimate", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["source"] == "config" and report["model"]["total_params"] == 70_426_624  # = pythia-70m
+    both = runner.invoke(app, ["estimate", "--config", str(config), "--model", "gpt2"])
+    assert both.exit_code == 2 and "not both" in both.output
