@@ -1,6 +1,6 @@
 """`fnsft migrate-config`: the guide's PEFT ⇄ full "Migration Guide" as a command, and recipe schema upgrades.
 
-Thin: the rules live in :mod:`fnsft.recipe.migrate` and :mod:`fnsft.recipe.versions`; this module parses options,
+Thin: the rules live in :mod:`fnsft.migrate` and :mod:`fnsft.recipe.versions`; this module parses options,
 decides where the result goes, writes it atomically and prints a summary table (or a unified diff).
 """
 
@@ -41,7 +41,8 @@ def migrate_config(
     Every changed line gets a comment saying what it was and why; your own comments and key order are kept.
     """
     from fnsft.errors import RecipeError
-    from fnsft.recipe import migrate as rules
+    from fnsft.migrate.files import default_output_path, migrate_file, upgrade_file
+    from fnsft.migrate.rules import AlreadyMigrated
 
     if to is None and not upgrade:
         raise RecipeError("say what to do: --to full|peft|qlora, or --upgrade (see `fnsft migrate-config --help`)")
@@ -57,10 +58,10 @@ def migrate_config(
     command = _command_line(recipe, to, upgrade, num_gpus, gpu_memory, gpu)
     try:
         if to is not None:
-            result = rules.migrate_file(recipe, to.value, command=command, num_gpus=num_gpus, gpu_budget=budget)
+            result = migrate_file(recipe, to.value, command=command, num_gpus=num_gpus, gpu_budget=budget)
         else:
-            result = rules.upgrade_file(recipe, command=command)
-    except rules.AlreadyMigrated as exc:
+            result = upgrade_file(recipe, command=command)
+    except AlreadyMigrated as exc:
         _say_nothing_to_do(f"{recipe}: {exc}")
         return
     if to is None and result.upgrade is None:
@@ -70,15 +71,16 @@ def migrate_config(
     if diff:
         _print_diff(recipe, result.original_text, result.text)
         return
-    target = recipe if in_place else output or rules.default_output_path(recipe, to.value if to else "v1")
+    target = recipe if in_place else output or default_output_path(recipe, to.value if to else "v1")
     _write(recipe, target, result.text, in_place=in_place, force=force)
     _print_summary(result)
     from fnsft.console import err, out
+    from fnsft.migrate.fit import GiB
 
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if result.peak_bytes is not None:
-        out.print(f"estimated peak {result.peak_bytes / rules.GiB:.1f} GiB per GPU (budget {budget[0] / rules.GiB:.1f} GiB, "
+        out.print(f"estimated peak {result.peak_bytes / GiB:.1f} GiB per GPU (budget {budget[0] / GiB:.1f} GiB, "
                   f"{budget[1]})", highlight=False)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
 
@@ -136,7 +138,7 @@ def _print_summary(result: Any) -> None:
     from rich.table import Table
 
     from fnsft.console import out
-    from fnsft.recipe.migrate import format_value
+    from fnsft.migrate.rules import format_value
 
     if result.upgrade is not None:
         table = Table(title=f"recipe version {result.upgrade.from_version} → {result.upgrade.to_version}",

@@ -1,6 +1,6 @@
 """`fnsft train`: a recipe file and/or the guide's flags → a run directory.
 
-The guide's flags are generated from one table, :data:`fnsft.recipe.load.FLAG_PATHS` (plus the two method
+The guide's flags are generated from one table, :data:`fnsft.recipe.fields.FLAG_PATHS` (plus the two method
 flags), with the help text of the schema field each one sets. Help shows the guide's underscore spelling
 (``--no_peft``); the hyphen spelling (``--no-peft``) is accepted too, for every option. Flags override the
 recipe file; ``--set`` overrides both.
@@ -17,7 +17,7 @@ import typer
 from pydantic_core import PydanticUndefined
 from typer.core import TyperCommand
 
-from fnsft.recipe.load import FLAG_PATHS, METHOD_FLAGS, schema_field
+from fnsft.recipe.fields import FLAG_PATHS, METHOD_FLAGS, schema_field
 
 #: Flags whose values the guide writes space-separated (``--lora_target_modules q_proj k_proj``).
 MULTI_VALUE_FLAGS = ("--lora_target_modules", "--lora-target-modules")

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fnsft.estimate.memory import EstimateInput, estimate
+from fnsft.names import FULL_PRECISION_ADAMW
 
 GB = 10**9
 
@@ -32,16 +33,34 @@ def _total(inp: EstimateInput) -> int:
     return estimate(inp).total
 
 
-def _smaller_batch(inp: EstimateInput, budget: int) -> tuple[EstimateInput, dict[str, Any]] | None:
-    """The largest micro-batch (halving) that fits, with accumulation raised to keep the effective batch."""
-    batch, accumulation = inp.batch_size, inp.gradient_accumulation_steps
-    while batch > 1:
-        factor = 2 if batch % 2 == 0 else batch  # an odd micro-batch goes straight to 1
-        batch, accumulation = batch // factor, accumulation * factor
-        changed = inp.model_copy(update={"batch_size": batch, "gradient_accumulation_steps": accumulation})
-        if _total(changed) <= budget:
-            return changed, {"batch_size": batch, "gradient_accumulation_steps": accumulation}
+def divisors_descending(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def largest_batch(inp: EstimateInput, budget: int, *, at_most: int | None = None) -> tuple[EstimateInput, int] | None:
+    """The largest micro-batch (up to ``at_most``) that fits ``budget``, with the same effective batch.
+
+    The one batch search of fnsft: every divisor of micro-batch × accumulation, largest first, so the product is
+    kept exactly. Returns the changed input and its predicted total, or None when even micro-batch 1 is too big.
+    """
+    share = inp.batch_size * inp.gradient_accumulation_steps
+    for batch in divisors_descending(share):
+        if at_most is not None and batch > at_most:
+            continue
+        changed = inp.model_copy(update={"batch_size": batch, "gradient_accumulation_steps": share // batch})
+        total = _total(changed)
+        if total <= budget:
+            return changed, total
     return None
+
+
+def _smaller_batch(inp: EstimateInput, budget: int) -> tuple[EstimateInput, dict[str, Any]] | None:
+    """A smaller micro-batch that fits, with accumulation raised to keep the effective batch."""
+    found = largest_batch(inp, budget, at_most=inp.batch_size - 1)
+    if found is None:
+        return None
+    changed = found[0]
+    return changed, {"batch_size": changed.batch_size, "gradient_accumulation_steps": changed.gradient_accumulation_steps}
 
 
 def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
@@ -49,7 +68,7 @@ def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
     options: list[tuple[int, str, dict[str, Any]]] = []
     if not inp.gradient_checkpointing:
         options.append((2, "turn on gradient checkpointing (~30% slower)", {"gradient_checkpointing": True}))
-    if inp.optimizer in ("adamw", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit") and inp.device == "cuda":
+    if inp.optimizer in FULL_PRECISION_ADAMW and inp.device == "cuda":
         options.append((3, "use the 8-bit AdamW optimizer (optimizer: adamw_8bit)", {"optimizer": "adamw_8bit"}))
     if inp.method == "lora" and inp.device == "cuda":
         options.append((4, "use QLoRA: 4-bit base weights (method: qlora)", {"method": "qlora", "precision": "bf16"}))

@@ -73,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fnsft.errors import EstimateError
 from fnsft.estimate.arch import LLAMA_LIKE, LinearLayer, ModelShape
+from fnsft.names import EstimateOptimizer, EstimatePrecision, MethodName
 
 GiB = 1 << 30
 #: CUDA context + library workspaces, as nvidia-smi reports them beyond torch's allocator (typical 0.3–1.3 GB).
@@ -93,11 +94,6 @@ PAGED_MIN_SIZE = 100_000
 #: The meter the fit verdict (and ``Breakdown.total``) uses.
 FIT_METER = "device_used"
 
-Method = Literal["lora", "qlora", "full"]
-PrecisionName = Literal["bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed"]
-OptimizerName = Literal[
-    "adamw", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
-]
 Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 
 
@@ -107,9 +103,9 @@ class EstimateInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelShape
-    method: Method = "lora"
-    precision: PrecisionName = "bf16"
-    optimizer: OptimizerName = "adamw_torch"
+    method: MethodName = "lora"
+    precision: EstimatePrecision = "bf16"
+    optimizer: EstimateOptimizer = "adamw_torch"
     batch_size: int = Field(4, gt=0, description="Micro-batch per device.")
     gradient_accumulation_steps: int = Field(1, gt=0)
     seq_len: int = Field(1024, gt=0)

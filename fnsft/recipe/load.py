@@ -5,54 +5,20 @@ Precedence, lowest first: schema defaults < recipe file < guide-style flags < ``
 
 from __future__ import annotations
 
-import difflib
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_origin
 
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from fnsft.errors import RecipeError
 from fnsft.recipe import versions
+from fnsft.recipe.fields import FLAG_PATHS, METHOD_FLAGS, did_you_mean, model_at
 from fnsft.recipe.schema import Recipe
-
-#: Guide flag (underscore spelling) → dotted recipe path: the one table behind the options of `fnsft train`, the
-#: migrate-config flag names and the v0 upgrade. The order is the order of `fnsft train --help`.
-FLAG_PATHS: dict[str, str] = {
-    "model_name_or_path": "model.name_or_path",
-    "dataset_name_or_path": "data.path",
-    "output_dir": "output.dir",
-    "num_train_epochs": "training.num_train_epochs",
-    "max_steps": "training.max_steps",
-    "per_device_train_batch_size": "training.per_device_train_batch_size",
-    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
-    "learning_rate": "training.learning_rate",
-    "lr_scheduler_type": "training.lr_scheduler_type",
-    "warmup_ratio": "training.warmup_ratio",
-    "weight_decay": "training.weight_decay",
-    "gradient_checkpointing": "training.gradient_checkpointing",
-    "max_seq_length": "data.max_length",
-    "lora_r": "method.lora.r",
-    "lora_alpha": "method.lora.alpha",
-    "lora_dropout": "method.lora.dropout",
-    "lora_target_modules": "method.lora.target_modules",
-    "logging_steps": "training.logging_steps",
-    "save_steps": "training.save_steps",
-    "eval_steps": "training.eval_steps",
-    "seed": "training.seed",
-    "trust_remote_code": "model.trust_remote_code",
-}
-
-#: Guide flags that pick the method instead of setting a key: flag → (method.name it sets, help text).
-METHOD_FLAGS: dict[str, tuple[str, str]] = {
-    "no_peft": ("full", "Full fine-tuning instead of LoRA (PEFT is the default): method.name full."),
-    "use_4bit": ("qlora", "QLoRA: LoRA on a base model loaded in 4-bit nf4: method.name qlora."),
-}
 
 
 def _yaml() -> YAML:
@@ -128,39 +94,10 @@ def apply_overrides(data: dict, flags: Mapping[str, Any] | None = None, sets: It
     return data
 
 
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
-    """The pydantic model class found by walking field names from Recipe (None when loc leaves the models)."""
-    model: type[BaseModel] = Recipe
-    for key in loc:
-        field = model.model_fields.get(str(key))
-        if field is None:
-            return None
-        candidates = [field.annotation, *get_args(field.annotation)]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return None
-        model = nested[0]
-    return model
-
-
-def schema_field(dotted: str) -> FieldInfo:
-    """The pydantic field at a dotted recipe path (``training.learning_rate``): its type, default, description."""
-    *parents, key = dotted.split(".")
-    model = _model_at(parents)
-    if model is None or key not in model.model_fields:
-        raise KeyError(dotted)
-    return model.model_fields[key]
-
-
 def _check_path(dotted: str) -> None:
     keys = dotted.split(".")
     for depth, key in enumerate(keys):
-        model = _model_at(keys[:depth])
+        model = model_at(keys[:depth])
         if model is None:
             return  # inside a free-form value (a list, a dict): pydantic validates it later
         if key not in model.model_fields:
@@ -199,7 +136,7 @@ def format_validation_error(exc: ValidationError, data: Any, source: str) -> str
         line = _line_of(data, loc)
         where = f"{source}:{line}" if line else source
         if err["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = model_at(loc[:-1])
             hint = did_you_mean(str(loc[-1]), parent.model_fields) if parent else ""
             lines.append(f"{where}: unknown key '{dotted}'{hint}")
         elif err["type"] == "missing":

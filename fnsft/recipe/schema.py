@@ -12,21 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from fnsft.names import MethodName, Optimizer, Precision
+
 CURRENT_VERSION = 1
 
-MethodName = Literal["lora", "qlora", "full"]
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
 ReportTarget = Literal["none", "tensorboard", "wandb", "trackio"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
-Optimizer = Literal[
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "adafactor",
-    "sgd",
-]
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 #: The guide's per-method defaults ("Best Practices"): PEFT lr 1e-4..5e-4, full lr 1e-5..1e-4 with more warmup

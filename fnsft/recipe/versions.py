@@ -22,6 +22,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from fnsft.errors import RecipeError
 from fnsft.recipe import roundtrip
+from fnsft.recipe.fields import FLAG_PATHS, did_you_mean, model_at
 from fnsft.recipe.schema import CURRENT_VERSION, Recipe
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,7 @@ _REMOVED_NOTES: dict[str, str] = {
 
 @functools.cache
 def v0_rules() -> dict[str, KeyRule]:
-    """The v0 → v1 key table. Flags the guide documents come from ``load.FLAG_PATHS`` (one source of truth)."""
-    from fnsft.recipe.load import FLAG_PATHS  # load imports this module, so import it lazily
-
+    """The v0 → v1 key table. Flags the guide documents come from ``fields.FLAG_PATHS`` (one source of truth)."""
     rules = [KeyRule(old=flag, status=KeyStatus.MOVED, new=path, convert=_to(path)) for flag, path in FLAG_PATHS.items()]
     rules += [
         KeyRule(old="lora_target_modules", status=KeyStatus.CONVERTED, new="method.lora.target_modules",
@@ -287,8 +286,6 @@ def _unmapped_reason(key: str, value: Any, flat: Mapping[str, Any]) -> str | Non
 
 def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, str]) -> CommentedMap:
     """Build the nested v1 map in schema order, carrying each old key's comments to the key it became."""
-    from fnsft.recipe.load import _model_at  # the walk over pydantic fields from Recipe
-
     root = CommentedMap()
     root["version"] = 1
     commented = isinstance(flat, CommentedMap)
@@ -303,12 +300,12 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
         line = flat.lc.data[old][0] if commented and old in flat.lc.data else None
         for depth, key in enumerate(keys[:-1]):
             if key not in node:
-                model = _model_at(keys[:depth])
+                model = model_at(keys[:depth])
                 roundtrip.insert_key(node, key, CommentedMap(), model.model_fields if model else [])
                 if line is not None:
                     node.lc.add_kv_line_col(key, [line, 2 * depth, line, 2 * depth + len(key) + 2])
             node = node[key]
-        model = _model_at(keys[:-1])
+        model = model_at(keys[:-1])
         value = roundtrip.yaml_value(value)
         roundtrip.insert_key(node, keys[-1], value, model.model_fields if model else [])
         indent = 2 * (len(keys) - 1)
@@ -327,8 +324,6 @@ def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, 
 
 def v0_to_v1(flat: Mapping[str, Any], source: str) -> tuple[CommentedMap, list[KeyChange]]:
     """Upgrade the predecessor's flat flag YAML to schema v1. Unknown and removed keys are reported, not kept."""
-    from fnsft.recipe.load import did_you_mean
-
     rules = v0_rules()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

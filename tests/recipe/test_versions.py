@@ -10,7 +10,8 @@ from ruamel.yaml.comments import CommentedMap
 
 from fnsft.errors import RecipeError
 from fnsft.recipe import versions
-from fnsft.recipe.load import FLAG_PATHS, load_recipe, parse_yaml_file
+from fnsft.recipe.fields import FLAG_PATHS
+from fnsft.recipe.load import load_recipe, parse_yaml_file
 from fnsft.recipe.roundtrip import dump
 from fnsft.recipe.schema import CURRENT_VERSION
 from fnsft.recipe.versions import KeyChange, KeyStatus, detect_version, plan_upgrade, upgrade, v0_rules

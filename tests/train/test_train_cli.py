@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fnsft.cli import app
 from fnsft.commands.train import guide_flag_names, join_multi_value_flags
-from fnsft.recipe.load import FLAG_PATHS, METHOD_FLAGS, schema_field
+from fnsft.recipe.fields import FLAG_PATHS, METHOD_FLAGS, schema_field
 
 runner = CliRunner()
 

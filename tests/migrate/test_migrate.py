@@ -1,11 +1,11 @@
-"""The migration rules (fnsft.recipe.migrate.migrate): pure Recipe → Recipe, changes returned as data."""
+"""The migration rules (fnsft.migrate.rules.migrate): pure Recipe → Recipe, changes returned as data."""
 
 from __future__ import annotations
 
 import pytest
 
 from fnsft.errors import RecipeError
-from fnsft.recipe.migrate import (
+from fnsft.migrate.rules import (
     AlreadyMigrated,
     batch_for_full,
     batch_for_peft,

@@ -4,7 +4,7 @@
 comment each changed line, print a summary table or a diff without knowing the rules. :func:`apply_to_yaml`
 writes the changes into the user's round-trip YAML, keeping their comments and key order.
 
-The rules (guide, "Migration Guide" and "Best Practices"; shipped recipes in ANCHORS.md §4):
+The rules (guide, "Migration Guide" and "Best Practices"; the shipped recipe pairs in recipes/):
 
 * learning rate: PEFT → full divides by a factor inside the guide's 4–10× range, chosen by model size
   (:data:`LR_FACTOR_BY_SIZE`; the size comes from :func:`model_params`); full → PEFT multiplies by the same
@@ -23,9 +23,8 @@ The rules (guide, "Migration Guide" and "Best Practices"; shipped recipes in ANC
 Every method-dependent value (lr, warmup, weight decay) is written explicitly, computed from the source recipe's
 resolved values: the schema fills unset ones per method, so leaving them out would silently change them.
 
-Optional steps after the rules: :func:`spread_over_gpus` (``--num-gpus``) and :func:`fit_to_gpu` (``--gpu-memory``
-/ ``--gpu``: the memory estimator picks the largest per-device batch that fits and adds savers only if needed).
-Both keep the effective batch.
+An optional step after the rules: :func:`spread_over_gpus` (``--num-gpus``), keeping the effective batch. Sizing
+for a GPU budget with the estimator is :mod:`fnsft.migrate.fit`; files (comments kept) are :mod:`fnsft.migrate.files`.
 """
 
 from __future__ import annotations
@@ -34,19 +33,19 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from ruamel.yaml.comments import CommentedMap
 
-from fnsft.errors import EstimateError, RecipeError
+from fnsft.errors import RecipeError
+from fnsft.estimate.fit import divisors_descending
 from fnsft.recipe import roundtrip
+from fnsft.recipe.fields import model_at
 from fnsft.recipe.schema import (
     CURRENT_VERSION,
     METHOD_DEFAULTS,
     LoraSection,
-    ModelSection,
     QuantizationSection,
     Recipe,
 )
@@ -123,24 +122,6 @@ def params_from_name(name: str) -> int | None:
         experts, number, unit = match.groups()
         found = float(number) * (1e9 if unit.lower() == "b" else 1e6) * (int(experts) if experts else 1)
     return int(found) if found else None
-
-
-def model_params(model: ModelSection) -> int | None:
-    """Parameter count for the lr rule: the estimator's shape for a local model (config.json, .gguf, packaged GGUF)
-    or one in its catalog, else the size written in the name. Never asks the Hub (migration works offline).
-    """
-    from fnsft.estimate import resolve_shape
-    from fnsft.estimate.catalog import catalog_lookup
-    from fnsft.models import PACKAGE_SCHEME
-
-    name = model.name_or_path
-    local = name.startswith(PACKAGE_SCHEME) or Path(name).expanduser().exists()
-    if local or catalog_lookup(name) is not None:
-        try:
-            return resolve_shape(name, model.gguf_file).total_params
-        except Exception:  # best effort: a model the estimator cannot read falls back to the size in its name
-            pass
-    return params_from_name(name)
 
 
 def lr_factor(num_params: int | None) -> tuple[int, str]:
@@ -395,10 +376,8 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
     """Write changes into round-trip YAML in place: each changed line gets ``# was X; why``, removed sections are
     noted on their parent's first remaining line, missing keys are added in schema order, comments stay.
     """
-    from fnsft.recipe.load import _model_at  # pydantic field walk, for schema key order
-
     def order(keys: list[str]) -> list[str]:
-        model = _model_at(keys)
+        model = model_at(keys)
         return list(model.model_fields) if model else []
 
     if "version" not in root:
@@ -439,10 +418,6 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
     return root
 
 
-def _divisors_descending(n: int) -> list[int]:
-    return [d for d in range(n, 0, -1) if n % d == 0]
-
-
 def spread_over_gpus(recipe: Recipe, num_gpus: int) -> tuple[Recipe, list[Change]]:
     """Run on ``num_gpus`` GPUs in total with the same effective batch (fewer micro-batches per GPU).
 
@@ -460,20 +435,20 @@ def spread_over_gpus(recipe: Recipe, num_gpus: int) -> tuple[Recipe, list[Change
     if total % num_gpus:
         raise RecipeError(
             f"the effective batch {total} cannot be split evenly over {num_gpus} GPUs; pick a GPU count that divides "
-            f"it ({', '.join(str(d) for d in reversed(_divisors_descending(total)))}) or change the batch first"
+            f"it ({', '.join(str(d) for d in reversed(divisors_descending(total)))}) or change the batch first"
         )
     share = total // num_gpus
-    per_device = next(d for d in _divisors_descending(share) if d <= recipe.training.per_device_train_batch_size)
+    per_device = next(d for d in divisors_descending(share) if d <= recipe.training.per_device_train_batch_size)
     why = f"{num_gpus} GPU(s), same effective batch {total}"
     updates = {
         "distributed.num_processes": (num_gpus // dist.num_nodes, f"{num_gpus} GPU(s) in total (per node)"),
         "training.per_device_train_batch_size": (per_device, why),
         "training.gradient_accumulation_steps": (share // per_device, why),
     }
-    return _with_updates(recipe, updates)
+    return with_updates(recipe, updates)
 
 
-def _with_updates(recipe: Recipe, updates: Mapping[str, tuple[Any, str]]) -> tuple[Recipe, list[Change]]:
+def with_updates(recipe: Recipe, updates: Mapping[str, tuple[Any, str]]) -> tuple[Recipe, list[Change]]:
     """Set dotted paths on a recipe; the changes list only the values that differ."""
     data = recipe.model_dump(mode="json", exclude_unset=True)
     changes = []
@@ -497,189 +472,3 @@ def merge_changes(first: list[Change], second: list[Change]) -> list[Change]:
         else:
             merged[change.path] = earlier.model_copy(update={"new": change.new, "reason": change.reason})
     return list(merged.values())
-
-
-GiB = 1 << 30
-#: Optimizers the 8-bit AdamW can stand in for (same algorithm, quantized states).
-_FULL_PRECISION_ADAMW = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit")
-
-
-class GpuFit(BaseModel):
-    """What :func:`fit_to_gpu` chose: the recipe, its changes and the estimated peak per GPU."""
-
-    recipe: Recipe
-    changes: list[Change]
-    peak_bytes: int
-    budget_bytes: int
-
-
-def _savers(recipe: Recipe) -> list[tuple[str, Any, str]]:
-    """Memory savers in the order they are added when needed: (dotted path, value, what it is)."""
-    savers = [("training.gradient_checkpointing", True, "gradient checkpointing")]
-    if recipe.training.optimizer in _FULL_PRECISION_ADAMW:
-        savers.append(("training.optimizer", "adamw_8bit", "8-bit AdamW"))
-    if world_size(recipe) > 1 and recipe.distributed.strategy in ("none", "ddp") and recipe.distributed.accelerate_config is None:
-        savers.append(("distributed.strategy", "fsdp", f"FSDP sharding over {world_size(recipe)} GPUs"))
-    return savers
-
-
-def _largest_fit(recipe: Recipe, updates: Mapping[str, Any], budget: int) -> tuple[int, int, Any] | None:
-    """(per-device batch, estimated peak, estimator input) of the largest micro-batch that fits, same share."""
-    from fnsft.estimate import estimate, inputs_from_recipe
-
-    share = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
-    base = inputs_from_recipe(_with_updates(recipe, {k: (v, "") for k, v in updates.items()})[0])
-    for per_device in _divisors_descending(share):
-        trial = base.model_copy(update={"batch_size": per_device, "gradient_accumulation_steps": share // per_device})
-        peak = estimate(trial).total
-        if peak <= budget:
-            return per_device, peak, trial
-    return None
-
-
-def fit_to_gpu(recipe: Recipe, budget_bytes: int, label: str) -> GpuFit:
-    """The largest per-device batch that fits ``budget_bytes`` per GPU, by the estimator, same effective batch.
-
-    Savers (gradient checkpointing, then 8-bit AdamW, then FSDP sharding on several GPUs) are added one at a
-    time until something fits; then each earlier saver is dropped again if the batch fits as well without it.
-    Checkpointing is turned off when the run fits without it (faster steps).
-
-    Raises:
-        EstimateError: nothing fits; the message lists the estimator's make-it-fit suggestions.
-    """
-    from fnsft.estimate import estimate, inputs_from_recipe, make_it_fit
-
-    savers = _savers(recipe)
-    off = {"training.gradient_checkpointing": False}
-    for level in range(len(savers) + 1):
-        used = savers[:level]
-        updates = off | {path: value for path, value, _ in used}
-        found = _largest_fit(recipe, updates, budget_bytes)
-        if found is None:
-            continue
-        for saver in used[:-1]:  # the last one was needed; an earlier one may not be, next to it
-            without = [s for s in used if s != saver]
-            fewer = off | {path: value for path, value, _ in without}
-            smaller = _largest_fit(recipe, fewer, budget_bytes)
-            if smaller is not None and smaller[0] >= found[0]:
-                used, updates, found = without, fewer, smaller
-        return _fitted(recipe, updates, used, found[0], found[1], budget_bytes, label)
-    share = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
-    all_savers = off | {path: value for path, value, _ in savers}
-    smallest = inputs_from_recipe(_with_updates(recipe, {k: (v, "") for k, v in all_savers.items()})[0])
-    worst = estimate(smallest.model_copy(update={"batch_size": 1, "gradient_accumulation_steps": share})).total
-    options = make_it_fit(inputs_from_recipe(recipe), budget_bytes)
-    tried = ", ".join(what for _, _, what in savers)
-    listing = "".join(f"\n  - {o.description} (estimated {o.total / GiB:.1f} GiB)" for o in options)
-    raise EstimateError(
-        f"nothing fits in {label} per GPU: even micro-batch 1 with {tried} is estimated at {worst / GiB:.1f} GiB. "
-        + (f"Ways to make it fit:{listing}" if options else "No single change found fits; use a smaller model, "
-           "a shorter data.max_length or more GPUs (--num-gpus).")
-    )
-
-
-def _fitted(recipe: Recipe, updates: dict[str, Any], used: list[tuple[str, Any, str]], per_device: int,
-            peak: int, budget: int, label: str) -> GpuFit:
-    share = recipe.training.per_device_train_batch_size * recipe.training.gradient_accumulation_steps
-    reasons = {path: f"{what}: needed to fit {label}" for path, _, what in used}
-    reasons["training.gradient_checkpointing"] = (
-        f"gradient checkpointing: needed to fit {label}" if any(p == "training.gradient_checkpointing" for p, _, _ in used)
-        else f"gradient checkpointing off: {label} fits without it (faster steps)")
-    fit_reason = f"largest per-device batch that fits {label} (estimated {peak / GiB:.1f} of {budget / GiB:.1f} GiB)"
-    chosen = {path: (value, reasons[path]) for path, value in updates.items()}
-    chosen["training.per_device_train_batch_size"] = (per_device, fit_reason)
-    chosen["training.gradient_accumulation_steps"] = (share // per_device, "keeps the effective batch")
-    fitted, changes = _with_updates(recipe, chosen)
-    return GpuFit(recipe=fitted, changes=changes, peak_bytes=peak, budget_bytes=budget)
-
-
-class FileMigration(BaseModel):
-    """A migrated or upgraded recipe file: the new text, what changed and why, ready to write or diff."""
-
-    source: str
-    original_text: str
-    text: str
-    recipe: Recipe
-    changes: list[Change] = []
-    upgrade: Any = None  # versions.UpgradeResult when the file was an older schema version
-    warnings: list[str] = []
-    peak_bytes: int | None = None  # the estimator's peak per GPU, when sized for a GPU budget
-
-
-def _load_current(path: Path) -> tuple[CommentedMap, Any, Recipe]:
-    """Parse, upgrade to the current schema (keeping comments) and validate a recipe file."""
-    from fnsft.recipe.load import parse_yaml_file, validate
-    from fnsft.recipe.versions import plan_upgrade
-
-    raw = parse_yaml_file(path)
-    roundtrip.strip_generated_comments(raw)
-    upgraded = plan_upgrade(raw, str(path))
-    recipe = validate(upgraded.data, str(path))  # the upgraded map keeps each old key's line for errors
-    return upgraded.data, upgraded if upgraded.from_version != upgraded.to_version else None, recipe
-
-
-def _finish(path: Path, root: CommentedMap, recipe: Recipe, **fields: Any) -> FileMigration:
-    """Dump the edited YAML and check that it reads back as exactly the recipe the rules produced."""
-    from ruamel.yaml import YAML
-
-    from fnsft.recipe.load import validate
-
-    text = roundtrip.dump(root)
-    reread = validate(YAML(typ="rt").load(text), f"{path} (migrated)")
-    if reread != recipe:
-        raise AssertionError(f"the migrated YAML of {path} does not read back as the migrated recipe")
-    return FileMigration(source=str(path), original_text=path.read_text(encoding="utf-8"), text=text, recipe=recipe,
-                         **fields)
-
-
-def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | None = None,
-                 gpu_budget: tuple[int, str] | None = None, num_params: int | None = None) -> FileMigration:
-    """Migrate a recipe file (any supported version) to ``to``, keeping the user's comments and key order.
-
-    Args:
-        path: The recipe file; never modified here.
-        to: ``full``, ``peft`` or ``qlora``.
-        command: The command line that asked for it, written into the header comment.
-        num_gpus: Total GPUs for the new recipe (the effective batch is kept); None keeps the recipe's.
-        gpu_budget: (bytes per GPU, how the user said it) to size the batch and memory savers with the estimator.
-        num_params: Model size for the lr rule (None: :func:`model_params`).
-
-    Raises:
-        RecipeError: invalid recipe (with file and line), unknown version, or a batch that cannot be spread.
-        AlreadyMigrated: the recipe already uses that method.
-        EstimateError: with ``gpu_budget``, when nothing fits (the message lists ways to make it fit).
-    """
-    path = Path(path)
-    root, upgraded, recipe = _load_current(path)
-    migration = migrate(recipe, to, num_params=num_params if num_params is not None else model_params(recipe.model))
-    result, changes = migration.recipe, migration.changes
-    if num_gpus is not None:
-        result, gpu_changes = spread_over_gpus(result, num_gpus)
-        changes = merge_changes(changes, gpu_changes)
-    peak = None
-    if gpu_budget is not None:
-        fit = fit_to_gpu(result, *gpu_budget)
-        result, changes, peak = fit.recipe, merge_changes(changes, fit.changes), fit.peak_bytes
-    header = [f"{roundtrip.HEADER_PREFIX}: {migration.source_method} → {migration.target_method} from {path}"
-              + (f" (recipe version {upgraded.from_version} upgraded to {upgraded.to_version})" if upgraded else ""),
-              f"{roundtrip.HEADER_PREFIX}: made by `{command}`"]
-    apply_to_yaml(root, changes, header)
-    return _finish(path, root, result, changes=changes, upgrade=upgraded, warnings=lr_warnings(result),
-                   peak_bytes=peak)
-
-
-def upgrade_file(path: str | Path, *, command: str) -> FileMigration:
-    """Upgrade a recipe file to the current schema version; ``upgrade`` is None when it already is current."""
-    path = Path(path)
-    root, upgraded, recipe = _load_current(path)
-    if upgraded is not None:
-        roundtrip.set_header(root, [
-            f"{roundtrip.HEADER_PREFIX}: recipe version {upgraded.from_version} upgraded to {upgraded.to_version} "
-            f"from {path}", f"{roundtrip.HEADER_PREFIX}: made by `{command}`"])
-    return _finish(path, root, recipe, upgrade=upgraded)
-
-
-def default_output_path(path: str | Path, suffix: str) -> Path:
-    """Where a migrated recipe goes without ``-o``: next to the input, ``name-SUFFIX.yaml``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}-{suffix}{path.suffix or '.yaml'}")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fnsft.cli import app
 from fnsft.recipe.load import load_recipe
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "recipe" / "golden"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """migrate-config on real files: golden outputs, comments and key order kept, every changed line commented.
 
 Golden files live in tests/recipe/golden/expected/. After a deliberate rule change, regenerate them with
-``FNSFT_UPDATE_GOLDEN=1 python -m pytest tests/recipe/test_migrate_yaml.py`` and review the diff.
+``FNSFT_UPDATE_GOLDEN=1 python -m pytest tests/migrate/test_migrate_yaml.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from fnsft.errors import RecipeError
+from fnsft.migrate.files import migrate_file, upgrade_file
+from fnsft.migrate.rules import AlreadyMigrated, effective_batch
 from fnsft.recipe.load import load_recipe, validate
-from fnsft.recipe.migrate import AlreadyMigrated, effective_batch, migrate_file, upgrade_file
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "recipe" / "golden"
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 V1_SOURCES = sorted((GOLDEN / "v1").glob("*.yaml"))
 V0_SOURCES = sorted((GOLDEN / "v0").glob("*.yaml"))

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 from fnsft.cli import app
 from fnsft.errors import EstimateError
 from fnsft.estimate import estimate, inputs_from_recipe, parse_memory
+from fnsft.migrate.fit import GiB, fit_to_gpu, model_params
+from fnsft.migrate.rules import effective_batch, migrate
 from fnsft.recipe.load import load_recipe
-from fnsft.recipe.migrate import GiB, effective_batch, fit_to_gpu, migrate, model_params
 from fnsft.recipe.schema import ModelSection, Recipe
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "recipe" / "golden"
 
 
 def full_7b(per_device=8, accumulation=2, gpus=1) -> Recipe:

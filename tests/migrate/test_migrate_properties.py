@@ -11,17 +11,17 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from fnsft.errors import RecipeError
-from fnsft.recipe.load import validate
-from fnsft.recipe.migrate import (
+from fnsft.migrate.files import migrate_file
+from fnsft.migrate.rules import (
     LR_SIGNIFICANT_DIGITS,
     MAX_FULL_WARMUP,
     WARMUP_STEP,
     AlreadyMigrated,
     effective_batch,
     migrate,
-    migrate_file,
     spread_over_gpus,
 )
+from fnsft.recipe.load import validate
 from fnsft.recipe.schema import Recipe
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
