@@ -257,8 +257,8 @@ def _start_time(pid: int) -> str:
 
 
 def _alive(pid: int, started: str = "") -> bool:
-    if pid == os.getpid():
-        return True
+    """Whether the lock's recorded process still runs. The pid alone is not enough, not even when it is mine:
+    in a container fnsft gets the same small pid every time, so a killed container's lock names the new one."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -225,6 +225,17 @@ def test_lock_of_a_live_process_refuses_and_a_reused_pid_is_taken_over(tmp_path)
     assert not run.lock.exists()
 
 
+def test_lock_with_my_pid_but_another_start_time_is_stale(tmp_path):
+    # a container killed mid-run leaves a lock naming the pid the next container's fnsft gets again
+    run = RunDir.at(tmp_path)
+    run.lock.write_text(f"{os.getpid()} 1")
+    with RunLock(run):
+        assert run.lock.read_text() == f"{os.getpid()} {_start_time(os.getpid())}"
+    run.lock.write_text(f"{os.getpid()} {_start_time(os.getpid())}")  # truly mine: still refused
+    with pytest.raises(TrainError, match="another fnsft train"):
+        RunLock(run).__enter__()
+
+
 def test_unwritable_output_dir_is_a_clear_error(tiny_recipe, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
