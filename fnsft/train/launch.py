@@ -96,26 +96,23 @@ def check_launch(recipe: Recipe, nproc: int | None, facts: LaunchFacts) -> None:
     """Refuse, before anything starts, a launch that cannot work or would silently do something else.
 
     Raises:
-        TrainError: too many processes for the GPUs, a sharded strategy without GPUs, ZeRO without DeepSpeed,
-            an offload setting the strategy cannot honour, or an offload next to the user's own accelerate config.
+        RecipeError: a broken cross-field rule of the recipe (:func:`fnsft.recipe.check.check`), such as an offload
+            setting the strategy cannot honour.
+        TrainError: too many processes for the GPUs, a sharded strategy without GPUs, ZeRO without DeepSpeed.
     """
+    from fnsft.recipe.check import check
+
     dist = recipe.distributed
     per_node = processes_per_node(recipe, nproc)
     if per_node < 1:
         raise TrainError(f"--nproc must be at least 1, got {per_node}")
-    if dist.node_rank >= dist.num_nodes:
-        raise TrainError(f"distributed.node_rank {dist.node_rank} must be below distributed.num_nodes {dist.num_nodes}")
+    check(recipe, world_size(recipe, nproc))
     if facts.gpu_count and per_node > facts.gpu_count:
         raise TrainError(
             f"{per_node} processes per node but only {facts.gpu_count} GPU(s) visible; use --nproc {facts.gpu_count} "
             "or set CUDA_VISIBLE_DEVICES"
         )
     if dist.accelerate_config is not None:
-        if dist.offload != "none":
-            raise TrainError(
-                "distributed.offload conflicts with distributed.accelerate_config: "
-                "set the offload in your accelerate config file instead"
-            )
         return  # the user's file decides the strategy; only the generic checks above apply
     strategy = effective_strategy(recipe)
     if strategy in SHARDED_STRATEGIES and facts.gpu_count == 0:
@@ -124,22 +121,6 @@ def check_launch(recipe: Recipe, nproc: int | None, facts: LaunchFacts) -> None:
     if strategy in DEEPSPEED_STRATEGIES and not facts.deepspeed_installed:
         raise TrainError(
             f"distributed.strategy={strategy} needs DeepSpeed, which is not installed: pip install deepspeed"
-        )
-    _check_offload(strategy, dist.offload)
-
-
-def _check_offload(strategy: str, offload: str) -> None:
-    if offload == "none":
-        return
-    if strategy == "ddp":
-        raise TrainError("distributed.offload needs a sharded strategy (fsdp, zero2 or zero3), not ddp")
-    if strategy == "zero2" and offload == "params":
-        raise TrainError("ZeRO-2 cannot offload parameters; use offload: optimizer, or strategy zero3")
-    if strategy == "fsdp" and offload == "optimizer":
-        # FSDP's CPU offload moves parameters and gradients; the optimizer step then runs on CPU with them.
-        raise TrainError(
-            "FSDP offloads parameters (and with them the optimizer step), not the optimizer alone; "
-            "use offload: params, or strategy zero2/zero3 for optimizer-only offload"
         )
 
 

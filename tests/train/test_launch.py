@@ -11,7 +11,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-from fnsft.errors import RecipeError, TrainError
+from fnsft.errors import FnsftError, RecipeError
 from fnsft.recipe.schema import Recipe
 from fnsft.train.launch import (
     PRESET_FILES,
@@ -151,7 +151,7 @@ def test_missing_user_accelerate_config_is_a_recipe_error(tmp_path):
     ],
 )
 def test_check_launch_refuses_before_starting(distributed, nproc, facts, message):
-    with pytest.raises(TrainError, match=message):
+    with pytest.raises(FnsftError, match=message):  # TrainError for the machine, RecipeError for the recipe
         check_launch(make_recipe(**distributed), nproc, facts)
 
 
