@@ -22,16 +22,23 @@ def schema() -> None:
 
 @app.command("validate")
 def validate(files: list[Path] = typer.Argument(..., help="Recipe YAML files.")) -> None:
-    """Validate recipe files; exits 2 naming file and line of the first problem in each."""
-    from fnsft.console import fail
+    """Validate recipe files (every key and every cross-field rule); exits 2 naming the problems in each."""
+    from fnsft.console import err, fail
     from fnsft.errors import RecipeError
+    from fnsft.recipe.check import check
     from fnsft.recipe.load import load_recipe
 
     failed = 0
     for path in files:
         try:
-            load_recipe(path)
+            recipe = load_recipe(path).resolved()
+            try:
+                warnings = check(recipe)
+            except RecipeError as exc:  # a broken rule is about the whole file, not one line of it
+                raise RecipeError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
             out.print(f"[green]ok[/]  {path}")
+            for warning in warnings:
+                err.print(f"[yellow]warning:[/] {path}: {warning}", highlight=False, soft_wrap=True)
         except RecipeError as exc:
             failed += 1
             fail(str(exc))

@@ -118,9 +118,10 @@ def train(
     flags["lora_target_modules"] = _modules(flags.get("lora_target_modules"))
     resolved = load_recipe(recipe, flags=flags, sets=set_).resolved()
     if dry_run:
+        from fnsft.train.launch import world_size
         from fnsft.train.plan import dry_run as run_dry
 
-        run_dry(resolved)
+        run_dry(resolved, world_size(resolved, nproc))
         return
     if launch_needed(resolved, nproc):
         raise typer.Exit(launch(resolved, nproc, resume))

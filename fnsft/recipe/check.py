@@ -69,8 +69,13 @@ def _evaluation_keys(recipe: Recipe) -> list[str]:
     return keys + (["evaluation.exact_match_samples"] if recipe.evaluation.exact_match_samples else [])
 
 
+def _subject(keys: list[str]) -> str:
+    """``a.b is`` / ``a.b, a.c are``: the subject of a message about these keys."""
+    return ", ".join(keys) + (" is" if len(keys) == 1 else " are")
+
+
 def _keys(prefix: str, names: list[str]) -> str:
-    return ", ".join(f"{prefix}.{name}" for name in names)
+    return _subject([f"{prefix}.{name}" for name in names])
 
 
 _DISTRIBUTED_DEFAULT = DistributedSection()
@@ -86,7 +91,7 @@ RULES: tuple[Rule, ...] = (
         tuple(f"method.quantization.{name}" for name in QuantizationSection.model_fields),
         lambda r, _: r.method.name != "qlora" and bool(changed(r.method.quantization, QuantizationSection())),
         lambda r, _: (
-            f"{_keys('method.quantization', changed(r.method.quantization, QuantizationSection()))} is set but "
+            f"{_keys('method.quantization', changed(r.method.quantization, QuantizationSection()))} set but "
             f"method.name is {r.method.name}, which loads the base weights unquantized. Use method.name: qlora "
             "(--use_4bit) for a quantized base, or remove method.quantization."
         ),
@@ -97,7 +102,7 @@ RULES: tuple[Rule, ...] = (
         lambda r, _: r.method.quantization.bits == 8 and bool(changed(r.method.quantization, QuantizationSection(), _FOUR_BIT_ONLY)),
         lambda r, _: (
             f"{_keys('method.quantization', changed(r.method.quantization, QuantizationSection(), _FOUR_BIT_ONLY))} "
-            "is ignored: it applies to 4-bit quantization, and method.quantization.bits is 8."
+            "ignored: it applies to 4-bit quantization, and method.quantization.bits is 8."
         ),
         error=False,
     ),
@@ -106,7 +111,7 @@ RULES: tuple[Rule, ...] = (
         tuple(f"method.lora.{name}" for name in LoraSection.model_fields),
         lambda r, _: r.method.name == "full" and bool(changed(r.method.lora, LoraSection())),
         lambda r, _: (
-            f"{_keys('method.lora', changed(r.method.lora, LoraSection()))} is ignored: full fine-tuning "
+            f"{_keys('method.lora', changed(r.method.lora, LoraSection()))} ignored: full fine-tuning "
             "(--no_peft) trains every weight and builds no LoRA adapter."
         ),
         error=False,
@@ -132,9 +137,10 @@ RULES: tuple[Rule, ...] = (
         and (world > 1 or r.distributed.strategy != "none"),
         lambda r, _: {
             "ddp": "distributed.offload needs a sharded strategy (fsdp, zero2 or zero3), not ddp",
-            "zero2": "ZeRO-2 cannot offload parameters; use offload: optimizer, or strategy zero3",
-            "fsdp": "FSDP offloads parameters (and with them the optimizer step), not the optimizer alone; "
-            "use offload: params, or strategy zero2/zero3 for optimizer-only offload",
+            "zero2": "distributed.offload params: ZeRO-2 cannot offload parameters; use offload: optimizer, or "
+            "strategy zero3",
+            "fsdp": "distributed.offload optimizer: FSDP offloads parameters (and with them the optimizer step), not "
+            "the optimizer alone; use offload: params, or strategy zero2/zero3 for optimizer-only offload",
         }[_strategy(r)],
     ),
     Rule(
@@ -142,7 +148,7 @@ RULES: tuple[Rule, ...] = (
         tuple(f"distributed.{name}" for name in LAUNCH_ONLY),
         lambda r, world: world == 1 and bool(changed(r.distributed, _DISTRIBUTED_DEFAULT, LAUNCH_ONLY)),
         lambda r, _: (
-            f"{_keys('distributed', changed(r.distributed, _DISTRIBUTED_DEFAULT, LAUNCH_ONLY))} is ignored: this run "
+            f"{_keys('distributed', changed(r.distributed, _DISTRIBUTED_DEFAULT, LAUNCH_ONLY))} ignored: this run "
             "has one process. They apply when fnsft train launches several (--nproc N or distributed.num_processes)."
         ),
         error=False,
@@ -160,7 +166,7 @@ RULES: tuple[Rule, ...] = (
         "evaluation settings need held-out data",
         (*(f"training.{name}" for name in _EVAL_ONLY_TRAINING), "evaluation.exact_match_samples"),
         lambda r, _: not _has_eval(r) and bool(_evaluation_keys(r)),
-        lambda r, _: f"{', '.join(_evaluation_keys(r))} is ignored: there is no held-out data "
+        lambda r, _: f"{_subject(_evaluation_keys(r))} ignored: there is no held-out data "
         "(data.validation_fraction is 0 and data.eval_split is unset).",
         error=False,
     ),
@@ -183,7 +189,7 @@ RULES: tuple[Rule, ...] = (
         "Hub dataset settings need a Hub dataset",
         tuple(f"data.{name}" for name in _HUB_ONLY),
         lambda r, _: _local(r.data.path) and bool(changed(r.data, DataSection(path=r.data.path), _HUB_ONLY)),
-        lambda r, _: f"{_keys('data', changed(r.data, DataSection(path=r.data.path), _HUB_ONLY))} is ignored: "
+        lambda r, _: f"{_keys('data', changed(r.data, DataSection(path=r.data.path), _HUB_ONLY))} ignored: "
         f"{r.data.path} is a local path, and these select a Hub dataset's configuration, revision and split.",
         error=False,
     ),

@@ -8,9 +8,10 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
@@ -70,6 +71,12 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _node(data: dict, dotted: str) -> dict:
+    for key in dotted.split(".") if dotted else []:
+        data = data[key]
+    return data
+
+
 def apply_overrides(data: dict, flags: Mapping[str, Any] | None = None, sets: Iterable[str] = ()) -> dict:
     """Apply guide-style flags (``{'learning_rate': 1e-4, 'no_peft': True}``) and ``a.b=value`` strings."""
     for name, value in (flags or {}).items():
@@ -86,28 +93,46 @@ def apply_overrides(data: dict, flags: Mapping[str, Any] | None = None, sets: It
         if "=" not in item:
             raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.learning_rate=1e-4")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        _check_path(key)
+        key, replaced = _check_path(key.strip())
         set_path(data, key, parse_scalar(raw))
+        parent = _node(data, key.rpartition(".")[0])
+        for alias in replaced:  # the file's `file:` gives way to --set mask.file=… (one spelling per key)
+            parent.pop(alias, None)
     if (flags or {}).get("no_peft") and (flags or {}).get("use_4bit"):
         raise RecipeError("--no_peft and --use_4bit conflict: 4-bit quantization needs PEFT (QLoRA). Drop one of them.")
     return data
 
 
-def _check_path(dotted: str) -> None:
+def _aliases(field: FieldInfo) -> list[str]:
+    """The other names a YAML file may use for a field (``mask.file`` for ``mask.path``)."""
+    alias = field.validation_alias
+    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) else []
+
+
+def _field_name(model: type[BaseModel], key: str) -> str | None:
+    if key in model.model_fields:
+        return key
+    return next((name for name, field in model.model_fields.items() if key in _aliases(field)), None)
+
+
+def _check_path(dotted: str) -> tuple[str, list[str]]:
+    """The path ``--set`` writes (aliases spelled as the field's name) and the alias spellings it replaces."""
     keys = dotted.split(".")
     for depth, key in enumerate(keys):
         model = model_at(keys[:depth])
         if model is None:
-            return  # inside a free-form value (a list, a dict): pydantic validates it later
-        if key not in model.model_fields:
+            break  # inside a free-form value (a list, a dict): pydantic validates it later
+        name = _field_name(model, key)
+        if name is None:
             prefix = ".".join(keys[:depth])
             raise RecipeError(
                 f"--set {dotted}: unknown key '{key}'{' in ' + prefix if prefix else ''}"
                 f"{did_you_mean(key, model.model_fields)}"
             )
-        if get_origin(model.model_fields[key].annotation) is None and depth == len(keys) - 1:
-            return
+        keys[depth] = name
+        if depth == len(keys) - 1:
+            return ".".join(keys), [alias for alias in _aliases(model.model_fields[name]) if alias != name]
+    return ".".join(keys), []
 
 
 def _line_of(data: Any, loc: tuple) -> int | None:

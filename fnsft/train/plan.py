@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from fnsft.console import out
+from fnsft.recipe.check import check
 from fnsft.recipe.load import dump_recipe
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
 
-def dry_run(recipe: Recipe) -> None:
-    """Model config, dataset format on the first rows, chat template and output dir, then the resolved recipe."""
+def dry_run(recipe: Recipe, processes: int = 1) -> None:
+    """Rules, model config, dataset format on the first rows, chat template and output dir, then the resolved recipe.
+
+    ``processes`` is the number of processes the real run would start (``--nproc`` × nodes).
+    """
     from rich.table import Table
 
     from fnsft.data.prepare import preview
@@ -18,6 +22,7 @@ def dry_run(recipe: Recipe) -> None:
     from fnsft.train import outdir
     from fnsft.train.quiet import quiet_libraries
 
+    warnings = check(recipe, processes)  # errors raise here, before anything is read
     quiet_libraries()
     source = resolve_model(recipe.model)
     config = load_config(source, recipe.model)
@@ -38,6 +43,8 @@ def dry_run(recipe: Recipe) -> None:
         latest = outdir.latest_complete_checkpoint(run)
         state += f" (resume point: {latest.name})" if latest else " (no checkpoint)"
     checks.add_row("output", f"{run.root} [{state}]")
+    for warning in warnings:
+        checks.add_row("[yellow]warning[/]", warning)
     out.print(checks)
     out.print(dump_recipe(recipe), highlight=False)
 

@@ -15,6 +15,7 @@ from fnsft.atomic import atomic_write_json, staged_dir
 from fnsft.console import err, out
 from fnsft.errors import FnsftError
 from fnsft.hashing import files_sha256
+from fnsft.recipe.check import check
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 from fnsft.train import outdir
@@ -29,7 +30,7 @@ class RunResult:
 
 
 def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _info(message: str) -> None:
@@ -80,7 +81,12 @@ def is_main_process() -> bool:
 
 
 def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
+    """Train one recipe into its run directory; the recipe is resolved and checked here, whoever the caller is."""
     started = time.time()
+    recipe = recipe.resolved()  # method-dependent defaults: never trust the caller to have filled them
+    warnings = check(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+    for warning in warnings if is_main_process() else []:
+        _warn(warning)
     run = RunDir.at(recipe.output.dir)
     fresh = not run.root.exists()
     if is_main_process():

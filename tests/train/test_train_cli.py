@@ -297,3 +297,20 @@ def test_nproc_2_matches_one_process_with_the_same_global_batch(tiny_recipe, tmp
     for key in one:
         assert (one[key] - two[key]).abs().max().item() < 1e-5, key
     assert not (tmp_path / "two" / "checkpoints" / "rank1").exists()
+
+
+def test_run_training_resolves_and_checks_the_recipe_itself(tiny_recipe, tmp_path):
+    """A caller that forgets .resolved() still gets the method's defaults; a broken rule stops before any file."""
+    from fnsft.errors import RecipeError
+    from fnsft.recipe.load import load_recipe
+    from fnsft.recipe.schema import METHOD_DEFAULTS
+    from fnsft.train.run import run_training
+
+    broken = load_recipe(tiny_recipe(), sets=["method.name=full", "method.quantization.bits=8"])
+    with pytest.raises(RecipeError, match="method.quantization.bits is set but method.name is full"):
+        run_training(broken)
+    assert not (tmp_path / "run").exists()
+    unresolved = load_recipe(tiny_recipe(), sets=["training.learning_rate=null", "training.max_steps=1"])
+    assert unresolved.training.learning_rate is None
+    result = run_training(unresolved)
+    assert load_recipe(result.run.recipe).training.learning_rate == METHOD_DEFAULTS["lora"]["learning_rate"]
