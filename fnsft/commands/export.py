@@ -9,6 +9,9 @@ from pathlib import Path
 
 import typer
 
+#: Exit status when the export was written but failed its verification (bad input stays 2).
+VERIFY_FAILED = 1
+
 
 def export(
     run_dir: Path = typer.Argument(..., help="A finished run directory (written by `fnsft train`)."),
@@ -23,6 +26,11 @@ def export(
                                               "llama-quantize (a path or a name on PATH) instead of fnsft's own "
                                               "encoder (optional; never downloaded)."),
     modelfile: bool = typer.Option(True, "--modelfile/--no-modelfile", help="Write an Ollama Modelfile beside the GGUF."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Afterwards compare every export with the model "
+                                "it came from on held-out examples and check its tokenizer metadata; exit 1 on a "
+                                "failed check (report in exports/verify.json)."),
+    verify_data: Path | None = typer.Option(None, "--verify-data", help="Examples (any training data format) to "
+                                            "verify on instead of the run's eval split."),
 ) -> None:
     """Merge a LoRA run into its base model and/or write GGUF files into RUN_DIR/exports/."""
     from rich.table import Table
@@ -33,7 +41,7 @@ def export(
 
     result = export_run(
         run_dir, merge=merge, gguf_types=gguf, max_shard_bytes=parse_size(max_shard_size),
-        llama_quantize=llama_quantize, modelfile=modelfile,
+        llama_quantize=llama_quantize, modelfile=modelfile, verify=verify, verify_data=verify_data,
     )
     table = Table(title=f"fnsft export: {run_dir}")
     table.add_column("file (in RUN_DIR)")
@@ -44,3 +52,13 @@ def export(
     out.print(table)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.verification is not None:
+        from fnsft.export.verify_table import verification_tables
+
+        for renderable in verification_tables(result.verification):
+            out.print(renderable)
+        if not result.verification.passed:
+            failed = [check for check in result.verification.checks if not check.passed]
+            for check in failed:
+                err.print(f"[red]FAILED[/] {check.subject} {check.name}: {check.detail}", highlight=False)
+            raise typer.Exit(VERIFY_FAILED)

@@ -197,6 +197,20 @@ def ollama_modelfile(gguf_name: str, tokenizer_dir: Path) -> str:
             token = token.get("content") if isinstance(token, dict) else token
             if isinstance(token, str) and token not in stops:
                 stops.append(token)
+    for token in _generation_eos_tokens(tokenizer_dir):  # Llama 3 ends turns with <|eot_id|>, not its EOS
+        if token not in stops:
+            stops.append(token)
     lines = [f"FROM ./{gguf_name}", "# The chat template is embedded in the GGUF (tokenizer.chat_template)."]
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     return "\n".join(lines) + "\n"
+
+
+def _generation_eos_tokens(model_dir: Path) -> list[str]:
+    """The texts of every ``generation_config.eos_token_id`` (looked up in tokenizer.json's added tokens)."""
+    config, vocab = model_dir / "generation_config.json", model_dir / "tokenizer.json"
+    if not config.is_file() or not vocab.is_file():
+        return []
+    ids = json.loads(config.read_text()).get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids]
+    added = {token["id"]: token["content"] for token in json.loads(vocab.read_text()).get("added_tokens", [])}
+    return [added[i] for i in ids if i in added]

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from fnsft.export.gguf import (
 )
 from fnsft.export.gguf_vocab import read_tokenizer_json, tokenizer_family
 from fnsft.export.merge import DEFAULT_MAX_SHARD_BYTES, merge_lora, weight_entries
+from fnsft.export.verify import VERIFY_JSON, VerifyReport, verify_exports
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
@@ -44,6 +46,7 @@ class ExportResult(BaseModel):
 
     files: list[OutputFile] = []
     notes: list[str] = []
+    verification: VerifyReport | None = None
 
 
 def open_run(path: str | Path) -> tuple[RunDir, Recipe, dict[str, Any]]:
@@ -122,6 +125,8 @@ def export_run(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     llama_quantize: str | None = None,
     modelfile: bool = True,
+    verify: bool = False,
+    verify_data: Path | None = None,
 ) -> ExportResult:
     """Merge and/or write GGUF files for a finished run into RUN_DIR/exports/.
 
@@ -133,10 +138,14 @@ def export_run(
         llama_quantize: llama.cpp's llama-quantize (path or name on PATH) to make the K-quants with instead of
             fnsft's own encoder; None (the default) needs no llama.cpp at all.
         modelfile: write an Ollama Modelfile beside the first GGUF.
+        verify: afterwards, compare the exports with the model they came from and check their metadata
+            (:mod:`fnsft.export.verify`; the CLI does it by default); the report is ``result.verification``.
+        verify_data: examples to verify on instead of the run's eval split.
 
     Returns:
-        The files written and notes for the user.
+        The files written, notes for the user and the verification report.
     """
+    started = time.perf_counter()
     gguf_types = list(dict.fromkeys(t.lower() for t in gguf_types or []))
     if not merge and not gguf_types:
         raise ExportError("nothing to export: give --merge and/or --gguf TYPE")
@@ -176,6 +185,14 @@ def export_run(
             first = f"{artifact_stem(run, recipe)}-{gguf_types[0]}.gguf"
             atomic_write_text(run.exports / MODELFILE, ollama_modelfile(first, model_dir))
             result.files += list_files(run.exports / MODELFILE)
+    if verify:
+        gguf_files = {qtype: run.exports / f"{artifact_stem(run, recipe)}-{qtype}.gguf" for qtype in gguf_types}
+        result.verification = verify_exports(
+            run, recipe, model_dir, gguf_files, adapter_base=base_dir if peft else None,
+            modelfile=run.exports / MODELFILE if gguf_types and modelfile else None, verify_data=verify_data,
+            export_seconds=round(time.perf_counter() - started, 2),
+        )
+        result.files += list_files(run.exports / VERIFY_JSON)
     return result
 
 

@@ -1,0 +1,362 @@
+"""The parity gate after `fnsft export`: does each exported file behave like the model that was trained?
+
+On held-out examples (the run's eval split, rebuilt with the run's seed, or a ``--verify-data`` file) three
+kinds of model are compared, each against the one it was made from: the merged model against the adapter (PEFT
+on the base: catches a wrong alpha/r scaling, a missed module, a wrong base), and every GGUF read back by
+transformers against the merged model (catches conversion bugs and over-aggressive quantization). Per pair: mean
+per-token KL(reference ‖ candidate), top-1 agreement, the perplexity of each on the examples, and greedy
+continuations of a few prompts side by side (the first differing token shown). KL and top-1 are gated by the
+per-type limits in :data:`LIMITS`.
+
+Each GGUF's metadata is checked against the HF tokenizer and generation config too: the chat template present
+and equal, BOS/EOS/pad ids equal, every ``generation_config.eos_token_id`` an end-of-generation token for
+llama.cpp (Llama 3 has two), the add-BOS flag as the tokenizer behaves, and the Modelfile's stop strings covering
+every end-of-turn marker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from fnsft.atomic import atomic_write_text
+from fnsft.errors import ExportError
+
+VERIFY_JSON = "verify.json"
+#: Examples compared, tokens per example, prompts continued greedily and tokens generated for each.
+MAX_SAMPLES, MAX_TOKENS, GREEDY_PROMPTS, GREEDY_TOKENS = 16, 128, 3, 16
+#: Used when neither the run's data nor --verify-data can be read (said so in the report).
+FALLBACK_TEXTS = [
+    "The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Once upon a time, there was a little girl who lived in a village near the forest.",
+]
+#: Token texts llama.cpp treats as end of generation when they are in the vocabulary (llama-vocab.cpp).
+LLAMA_CPP_EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
+                       "<｜end▁of▁sentence｜>", "<|end_of_text|>", "<|return|>", "<|call|>", "<|eom_id|>"}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What a file of one type is expected to keep of its reference's predictions."""
+
+    max_mean_kl: float
+    min_top1: float
+
+
+#: Per-type limits (nats, fraction of positions). Set from measurements on SmolLM2-135M and the tiny test models,
+#: with room: f16/bf16/q8_0 keep nearly every prediction; 4-bit and below lose some near-ties by design.
+LIMITS: dict[str, Limit] = {
+    "merged": Limit(0.01, 0.98),  # merged vs adapter: only the rounding of W + s·BA to the base dtype
+    "f32": Limit(1e-4, 0.995), "f16": Limit(5e-3, 0.97), "bf16": Limit(0.02, 0.95), "q8_0": Limit(0.03, 0.93),
+    "q6_k": Limit(0.05, 0.9), "q5_k_s": Limit(0.08, 0.88), "q5_k_m": Limit(0.08, 0.88),
+    "q4_k_s": Limit(0.2, 0.8), "q4_k_m": Limit(0.2, 0.8), "q4_0": Limit(0.4, 0.7),
+    "q3_k_s": Limit(0.6, 0.65), "q3_k_m": Limit(0.6, 0.65), "q3_k_l": Limit(0.6, 0.65), "q2_k": Limit(1.5, 0.5),
+}
+
+
+class Greedy(BaseModel):
+    prompt: str
+    reference: str
+    candidate: str
+    first_difference: int | None = None  # index of the first differing generated token
+    reference_token: str | None = None
+    candidate_token: str | None = None
+
+
+class Pair(BaseModel):
+    candidate: str  # "merged" or a GGUF type
+    reference: str
+    mean_kl: float
+    top1_agreement: float
+    perplexity_reference: float
+    perplexity_candidate: float
+    positions: int
+    greedy: list[Greedy] = []
+
+
+class Check(BaseModel):
+    subject: str  # "merged", a GGUF type, or "Modelfile"
+    name: str
+    passed: bool
+    detail: str
+
+
+class VerifyReport(BaseModel):
+    data_source: str
+    samples: int
+    pairs: list[Pair] = []
+    checks: list[Check] = []
+    notes: list[str] = []
+    seconds: float = 0.0
+    export_seconds: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+@dataclass
+class Sample:
+    prompt: str  # what a user would send (chat-rendered with the generation prompt)
+    full: str  # prompt + the reference answer
+
+
+def _samples_from_rows(rows: list[dict], tokenizer: Any) -> list[Sample]:
+    from fnsft.data.templates import render
+
+    samples = []
+    for row in rows[:MAX_SAMPLES]:
+        messages = row.get("messages")
+        if messages:
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if any(
+                m["role"] == "assistant" for m in messages) else len(messages)
+            prompt = render(tokenizer, messages[:last], generation_prompt=True)
+            samples.append(Sample(prompt, render(tokenizer, messages[:last + 1])))
+        else:
+            text = row["text"]
+            samples.append(Sample(text[: max(1, len(text) // 2)], text))
+    return samples
+
+
+def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> tuple[list[Sample], str]:
+    """Examples to compare on: --verify-data, else the run's eval split rebuilt with its seed, else fixed texts."""
+    from fnsft.data.load import load_raw
+    from fnsft.data.prepare import canonicalize, detect, split
+    from fnsft.errors import DataError
+
+    if verify_data is not None:
+        section = recipe.data.model_copy(update={"path": str(verify_data), "eval_split": None,
+                                                 "max_samples": None, "fingerprint": None})
+        raw = load_raw(section)  # a bad file is the user's input: its DataError (file/line) stops here
+        rows, _ = canonicalize(raw, section, detect(raw, section).format)
+        return _samples_from_rows(list(rows), tokenizer), f"{verify_data} ({min(len(rows), MAX_SAMPLES)} rows)"
+    try:
+        raw = load_raw(recipe.data)
+        train, evaluation = canonicalize(raw, recipe.data, detect(raw, recipe.data).format)
+        _, evaluation = split(train, evaluation, recipe.data, recipe.training.seed)
+    except DataError as exc:
+        return _samples_from_rows([{"text": t} for t in FALLBACK_TEXTS], tokenizer), (
+            f"{len(FALLBACK_TEXTS)} built-in texts (the run's data could not be read: {exc}; give --verify-data)")
+    if evaluation is None or not len(evaluation):
+        return _samples_from_rows([{"text": t} for t in FALLBACK_TEXTS], tokenizer), (
+            f"{len(FALLBACK_TEXTS)} built-in texts (the run has no eval split; give --verify-data)")
+    rows = [evaluation[i] for i in range(min(len(evaluation), MAX_SAMPLES))]
+    return _samples_from_rows(rows, tokenizer), f"eval split of {recipe.data.path} ({len(rows)} rows)"
+
+
+class _Encoded:
+    """Token ids of each sample (full text, truncated) and of its prompt."""
+
+    def __init__(self, tokenizer: Any, samples: list[Sample]):
+        self.full = [tokenizer(s.full, return_tensors="pt", add_special_tokens=False).input_ids[:, :MAX_TOKENS]
+                     for s in samples]
+        self.prompts = [tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False).input_ids[:, -MAX_TOKENS:]
+                        for s in samples[:GREEDY_PROMPTS]]
+
+
+@dataclass
+class _Outputs:
+    log_probs: list[Any]  # per sample: (positions, vocab) float32 log-softmax
+    greedy: list[list[int]]
+
+
+def _run_model(model: Any, encoded: _Encoded) -> _Outputs:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        log_probs = [model(input_ids=ids).logits[0].float().log_softmax(-1) for ids in encoded.full]
+        greedy = []
+        for ids in encoded.prompts:
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_TOKENS,
+                                 do_sample=False, pad_token_id=0)
+            greedy.append(out[0, ids.shape[1]:].tolist())
+    return _Outputs(log_probs, greedy)
+
+
+def _perplexity(log_probs: list[Any], encoded: _Encoded) -> float:
+    import torch
+
+    nll = [-lp[:-1].gather(-1, ids[0, 1:, None])[:, 0] for lp, ids in zip(log_probs, encoded.full, strict=True)]
+    return float(torch.cat(nll).mean().exp()) if nll else float("nan")
+
+
+def _greedy_rows(tokenizer: Any, encoded: _Encoded, samples: list[Sample], ref: _Outputs, cand: _Outputs):
+    rows = []
+    for sample, a, b in zip(samples, ref.greedy, cand.greedy, strict=False):
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if first is None and len(a) != len(b):
+            first = min(len(a), len(b))
+        rows.append(Greedy(
+            prompt=sample.prompt[-60:], reference=tokenizer.decode(a), candidate=tokenizer.decode(b),
+            first_difference=first,
+            reference_token=tokenizer.decode(a[first:first + 1]) if first is not None else None,
+            candidate_token=tokenizer.decode(b[first:first + 1]) if first is not None else None,
+        ))
+    return rows
+
+
+def compare(candidate: str, reference: str, ref: _Outputs, cand: _Outputs, encoded: _Encoded, tokenizer: Any,
+            samples: list[Sample]) -> Pair:
+    import torch
+
+    p, q = torch.cat(ref.log_probs), torch.cat(cand.log_probs)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return Pair(
+        candidate=candidate, reference=reference, mean_kl=float(kl.mean()),
+        top1_agreement=float((p.argmax(-1) == q.argmax(-1)).float().mean()),
+        perplexity_reference=_perplexity(ref.log_probs, encoded), perplexity_candidate=_perplexity(cand.log_probs,
+                                                                                                  encoded),
+        positions=int(p.shape[0]), greedy=_greedy_rows(tokenizer, encoded, samples, ref, cand),
+    )
+
+
+def parity_checks(pair: Pair, limit: Limit) -> list[Check]:
+    label = f"{pair.candidate} vs {pair.reference}"
+    return [
+        Check(subject=pair.candidate, name="mean token KL", passed=pair.mean_kl <= limit.max_mean_kl,
+              detail=f"{label}: {pair.mean_kl:.2e} nats (limit {limit.max_mean_kl:g})"),
+        Check(subject=pair.candidate, name="top-1 agreement", passed=pair.top1_agreement >= limit.min_top1,
+              detail=f"{label}: {pair.top1_agreement:.1%} of {pair.positions} positions "
+                     f"(limit {limit.min_top1:.0%})"),
+    ]
+
+
+def _eos_ids(model_dir: Path, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS and every generation_config.eos_token_id (Llama 3 lists two)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    config = model_dir / "generation_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("eos_token_id")
+        ids += value if isinstance(value, list) else [value] if value is not None else []
+    return list(dict.fromkeys(ids))
+
+
+def _field(fields: dict, key: str):
+    return fields[key].contents() if key in fields else None
+
+
+def metadata_checks(gguf_path: Path, model_dir: Path, tokenizer: Any, qtype: str) -> list[Check]:
+    """The GGUF's tokenizer metadata against the HF tokenizer and generation config."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf_path).fields
+    checks = []
+
+    def add(name: str, passed: bool, detail: str) -> None:
+        checks.append(Check(subject=qtype, name=name, passed=passed, detail=f"{gguf_path.name}: {detail}"))
+
+    template, expected_template = _field(fields, "tokenizer.chat_template"), getattr(tokenizer, "chat_template", None)
+    if expected_template:
+        add("chat template", template == expected_template,
+            "chat template equal to the tokenizer's" if template == expected_template else
+            "no chat template (tokenizer.chat_template missing): llama.cpp/Ollama would fall back to a generic "
+            "one" if template is None else "chat template differs from the tokenizer's")
+    for role, expected in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
+                           ("padding", tokenizer.pad_token_id)):
+        stored = _field(fields, f"tokenizer.ggml.{role}_token_id")
+        if expected is not None:
+            add(f"{role} id", stored == expected, f"{role} id {stored} (tokenizer: {expected} "
+                f"{tokenizer.convert_ids_to_tokens(expected)!r})")
+    tokens = _field(fields, "tokenizer.ggml.tokens") or []
+    stops = {_field(fields, f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")}
+    for eos in _eos_ids(model_dir, tokenizer):
+        text = tokens[eos] if 0 <= eos < len(tokens) else None
+        ok = eos in stops or text in LLAMA_CPP_EOG_TEXTS
+        add("end of generation", ok, f"generation_config eos {eos} ({text!r}) "
+            + ("ends generation in llama.cpp" if ok else "is neither the GGUF's eos/eot id nor a token llama.cpp "
+               "stops at: generation would not stop"))
+    if tokenizer.bos_token_id is not None:
+        adds_bos = tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+        flag = _field(fields, "tokenizer.ggml.add_bos_token")
+        model = _field(fields, "tokenizer.ggml.model")
+        effective = flag if flag is not None else model == "llama"  # llama.cpp's default per vocabulary type
+        add("add-BOS flag", effective == adds_bos,
+            f"add_bos_token {flag} (effective {effective}); the tokenizer {'adds' if adds_bos else 'does not add'} BOS")
+    return checks
+
+
+def modelfile_checks(modelfile: Path, model_dir: Path, tokenizer: Any) -> list[Check]:
+    """Every end-of-turn marker (EOS and generation_config eos tokens) is a stop string of the Modelfile."""
+    stops = set()
+    for line in modelfile.read_text().splitlines():
+        if line.startswith("PARAMETER stop "):
+            stops.add(json.loads(line[len("PARAMETER stop "):]))
+    checks = []
+    for eos in _eos_ids(model_dir, tokenizer):
+        marker = tokenizer.convert_ids_to_tokens(eos)
+        checks.append(Check(subject="Modelfile", name="stop strings", passed=marker in stops,
+                            detail=f"end-of-turn marker {marker!r} "
+                                   + ("is a stop string" if marker in stops else "is missing from PARAMETER stop")))
+    return checks
+
+
+def _load_gguf(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+
+
+#: GGUF architectures transformers 5.24 cannot read back (their logits are not compared; metadata still is).
+UNREADABLE_ARCHS = ("gemma",)
+
+
+def verify_exports(
+    run: Any, recipe: Any, model_dir: Path, gguf_files: dict[str, Path], *, adapter_base: Path | None,
+    modelfile: Path | None, verify_data: Path | None = None, export_seconds: float | None = None,
+) -> VerifyReport:
+    """Compare and check everything `fnsft export` wrote; the report is also written to exports/verify.json.
+
+    Args:
+        run: the RunDir.
+        recipe: the run's resolved recipe.
+        model_dir: the merged model (or a full run's model/).
+        gguf_files: GGUF type → file.
+        adapter_base: the base model directory of a PEFT run (None for a full run: nothing to compare the merge to).
+        modelfile: the Ollama Modelfile written, if any.
+        verify_data: examples to compare on instead of the run's eval split.
+        export_seconds: how long the export took (recorded beside the verification time).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, logging
+
+    logging.set_verbosity_error()
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples, source = held_out_samples(recipe, verify_data, tokenizer)
+    if not samples:
+        raise ExportError(f"{source}: no examples to verify on")
+    encoded = _Encoded(tokenizer, samples)
+    report = VerifyReport(data_source=source, samples=len(samples), export_seconds=export_seconds)
+    merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded)
+    if adapter_base is not None:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32)
+        adapter = _run_model(PeftModel.from_pretrained(base, run.adapter), encoded)
+        del base
+        pair = compare("merged", "adapter", adapter, merged, encoded, tokenizer, samples)
+        report.pairs.append(pair)
+        report.checks += parity_checks(pair, LIMITS["merged"])
+    config = json.loads((model_dir / "config.json").read_text())
+    for qtype, path in gguf_files.items():
+        report.checks += metadata_checks(path, model_dir, tokenizer, qtype)
+        if config.get("model_type") in UNREADABLE_ARCHS:
+            report.notes.append(f"{path.name}: logits not compared (transformers cannot read "
+                                f"{config['model_type']} GGUF files back); metadata checked")
+            continue
+        pair = compare(qtype, "merged", merged, _run_model(_load_gguf(path), encoded), encoded, tokenizer, samples)
+        report.pairs.append(pair)
+        report.checks += parity_checks(pair, LIMITS[qtype])
+    if modelfile is not None:
+        report.checks += modelfile_checks(modelfile, model_dir, tokenizer)
+    report.seconds = round(time.perf_counter() - started, 2)
+    atomic_write_text(run.exports / VERIFY_JSON, report.model_dump_json(indent=2) + "\n")
+    return report
