@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fnsft.data.check import DataSummary, RowFacts, encode_row, row_facts, summarize
 from fnsft.data.formats import Detection, detect_format, to_canonical
 from fnsft.data.load import RawData, describe_row, load_raw
-from fnsft.data.templates import configure_template, tokenize_conversation, tokenize_text
+from fnsft.data.templates import configure_template
 from fnsft.errors import DataError
 from fnsft.recipe.schema import DataSection
 
@@ -28,6 +29,7 @@ class PreparedData:
     template: str
     fingerprint: str
     eval_conversations: list[list[dict]] = field(default_factory=list)  # canonical eval rows, for generation checks
+    summary: DataSummary | None = None  # of the training rows, as tokenized
 
     @property
     def num_train(self) -> int:
@@ -41,27 +43,53 @@ def detect(raw: RawData, section: DataSection) -> Detection:
     return detect_format(sample, raw.source)
 
 
-def canonicalize(raw: RawData, section: DataSection, fmt: str):
-    """Every row in canonical form; the first bad row stops everything with its line/row number."""
+WHERE = "_where"  # column naming each canonical row's source line, for errors raised after the split
+
+
+def canonicalize(raw: RawData, section: DataSection, fmt: str, skipped: list[str] | None = None):
+    """Every row in canonical form. A bad row stops everything naming its line/row, or with
+    ``data.on_bad_row: skip`` is left out and its reason appended to ``skipped``."""
     if len(raw.train) == 0:
         raise DataError(f"{raw.source}: the dataset is empty")
 
-    def convert(row: dict, index: int) -> dict:
-        canonical = to_canonical(row, fmt, describe_row(raw, index))
+    def convert(row: dict, where: str) -> dict:
+        canonical = to_canonical(row, fmt, where)
         if section.system_prompt and "messages" in canonical and canonical["messages"][0]["role"] != "system":
             canonical["messages"] = [{"role": "system", "content": section.system_prompt}, *canonical["messages"]]
-        return canonical
+        return {**canonical, WHERE: where}
 
-    mapped = raw.train.map(convert, with_indices=True, remove_columns=raw.train.column_names, desc=None)
+    mapped = _map_rows(raw.train, lambda row, index: convert(row, describe_row(raw, index)), section, skipped)
     evaluation = None
     if raw.eval is not None:
         eval_raw = RawData(raw.eval, None, f"{raw.source}[{section.eval_split}]", raw.fingerprint, 0)
-        evaluation = raw.eval.map(
-            lambda row, index: to_canonical(row, fmt, describe_row(eval_raw, index)),
-            with_indices=True,
-            remove_columns=raw.eval.column_names,
-        )
+        evaluation = _map_rows(raw.eval, lambda row, index: convert(row, describe_row(eval_raw, index)), section, skipped)
+    if len(mapped) == 0:
+        raise DataError(f"{raw.source}: every row was skipped (data.on_bad_row: skip): {skipped[0]}")
     return mapped, evaluation
+
+
+def _map_rows(dataset, function, section: DataSection, skipped: list[str] | None):
+    """``dataset.map(function)``; under on_bad_row: skip, rows whose function raises DataError are dropped (a
+    batched map may return fewer rows) and their reasons kept."""
+    if section.on_bad_row == "error":
+        return dataset.map(function, with_indices=True, remove_columns=dataset.column_names,
+                           load_from_cache_file=False)
+    reasons = skipped if skipped is not None else []
+
+    def batch(rows: dict, indices: list[int]) -> dict:
+        kept: dict[str, list] = {}
+        for offset, index in enumerate(indices):
+            try:
+                result = function({key: values[offset] for key, values in rows.items()}, index)
+            except DataError as exc:
+                reasons.append(str(exc))
+                continue
+            for key, value in result.items():
+                kept.setdefault(key, []).append(value)
+        return kept
+
+    return dataset.map(batch, batched=True, with_indices=True, remove_columns=dataset.column_names,
+                       load_from_cache_file=False)
 
 
 def split(train, evaluation, section: DataSection, seed: int):
@@ -73,18 +101,28 @@ def split(train, evaluation, section: DataSection, seed: int):
     return train, evaluation
 
 
-def tokenize(dataset, tokenizer, section: DataSection):
-    responses_only = section.loss_on == "responses"
+def template_options(section: DataSection, template: str) -> dict[str, Any]:
+    """The keyword options every conversation is tokenized with (training, preview and check alike)."""
+    return {"chat_template_kwargs": section.chat_template_kwargs, "train_on": section.train_on,
+            "template_name": template, "responses_only": section.loss_on == "responses"}
 
-    def encode(row: dict) -> dict:
-        if row.get("messages"):
-            conversation = tokenize_conversation(tokenizer, row["messages"])
-            mask = conversation.assistant_masks if responses_only else [1] * len(conversation.input_ids)
-            return {"input_ids": conversation.input_ids, "assistant_masks": mask}
-        ids = tokenize_text(tokenizer, row["text"])
-        return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
 
-    return dataset.map(encode, remove_columns=dataset.column_names)
+def tokenize(dataset, tokenizer, section: DataSection, template: str = "the chat template",
+             facts: list[RowFacts] | None = None, skipped: list[str] | None = None):
+    """input_ids + assistant_masks per row; each row's facts are appended to ``facts`` (for the summary)."""
+    options = template_options(section, template)
+
+    def encode(row: dict, index: int) -> dict:
+        where = row.get(WHERE) or f"row {index + 1}"
+        try:
+            encoded = encode_row(tokenizer, row, **options)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if facts is not None:
+            facts.append(row_facts(where, encoded, section.max_length))
+        return {"input_ids": encoded.input_ids, "assistant_masks": encoded.assistant_masks}
+
+    return _map_rows(dataset, encode, section, skipped)
 
 
 def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> PreparedData:
@@ -94,18 +132,31 @@ def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> Prepare
     disable_progress_bar()
     raw = load_raw(section)
     detection = detect(raw, section)
-    train, evaluation = canonicalize(raw, section, detection.format)
+    skipped: list[str] = []
+    train, evaluation = canonicalize(raw, section, detection.format, skipped)
     train, evaluation = split(train, evaluation, section, seed)
     template = configure_template(tokenizer, section.chat_template)
     eval_conversations = [row["messages"] for row in evaluation] if evaluation is not None and "messages" in evaluation.column_names else []
+    facts: list[RowFacts] = []
+    tokenized = tokenize(train, tokenizer, section, template, facts, skipped)
+    if len(tokenized) == 0:
+        raise DataError(f"{raw.source}: every row was skipped (data.on_bad_row: skip): {skipped[0]}")
+    has_eval = evaluation is not None and len(evaluation) > 0
+    tokenized_eval = tokenize(evaluation, tokenizer, section, template, None, skipped) if has_eval else None
+    summary = summarize(
+        facts, formats={detection.format: len(facts)}, template=template,
+        chat_template_kwargs=section.chat_template_kwargs, train_on=section.train_on,
+        max_length=section.max_length, skipped=skipped,
+    )
     return PreparedData(
-        train=tokenize(train, tokenizer, section),
-        eval=tokenize(evaluation, tokenizer, section) if evaluation is not None and len(evaluation) else None,
+        train=tokenized,
+        eval=tokenized_eval,
         format=detection.format,
         detection=detection.reason,
         template=template,
         fingerprint=raw.fingerprint,
         eval_conversations=eval_conversations,
+        summary=summary,
     )
 
 

@@ -76,6 +76,12 @@ class DataSection(Section):
     max_samples: PositiveInt | None = Field(None, description="Use at most this many training rows (after the split).")
     system_prompt: str | None = None
     chat_template: str | None = Field(None, description="Path to a Jinja chat template overriding the tokenizer's.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to every chat-template render, e.g. {enable_thinking: false}.")
+    train_on: Literal["all_turns", "last_turn"] = Field(
+        "all_turns", description="Assistant turns trained: every one, or the last only (what reasoning templates want).")
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="A row that cannot be used: stop naming it, or skip it (counted in the manifest).")
     fingerprint: str | None = Field(None, description="Expected dataset fingerprint; a mismatch is an error.")
 
 

@@ -26,11 +26,12 @@ class ExactMatch:
     examples: list[dict[str, str]]
 
 
-def exact_match(model: Any, tokenizer: Any, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16) -> ExactMatch:
+def exact_match(model: Any, tokenizer: Any, conversations: list[list[dict]], max_new_tokens: int,
+                template_kwargs: dict[str, Any] | None = None, batch_size: int = 16) -> ExactMatch:
     import torch
 
     items = [(c[:-1], c[-1]["content"]) for c in conversations if c and c[-1]["role"] == "assistant"]
-    prompts = [render(tokenizer, history, generation_prompt=True) for history, _ in items]
+    prompts = [render(tokenizer, history, generation_prompt=True, **(template_kwargs or {})) for history, _ in items]
     was_training = model.training
     model.eval()
     padding_side = tokenizer.padding_side

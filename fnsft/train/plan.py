@@ -16,8 +16,9 @@ def dry_run(recipe: Recipe, processes: int = 1) -> None:
     """
     from rich.table import Table
 
-    from fnsft.data.prepare import preview
-    from fnsft.data.templates import configure_template, tokenize_conversation
+    from fnsft.data.check import encode_row
+    from fnsft.data.prepare import preview, template_options
+    from fnsft.data.templates import configure_template
     from fnsft.models import load_config, load_tokenizer, resolve_model
     from fnsft.train import outdir
     from fnsft.train.quiet import quiet_libraries
@@ -34,7 +35,7 @@ def dry_run(recipe: Recipe, processes: int = 1) -> None:
     tokenizer = load_tokenizer(source, recipe.model)
     if "messages" in sample[0]:
         template = configure_template(tokenizer, recipe.data.chat_template)
-        tokens = tokenize_conversation(tokenizer, sample[0]["messages"])
+        tokens = encode_row(tokenizer, sample[0], **template_options(recipe.data, template))
         checks.add_row("template", f"{template}: first row {len(tokens.input_ids)} tokens, "
                        f"{sum(tokens.assistant_masks)} of them trained on")
     run = RunDir.at(recipe.output.dir)

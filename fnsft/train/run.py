@@ -110,6 +110,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
+    from fnsft.data.check import summary_lines
     from fnsft.data.load import check_dataset_pin
     from fnsft.data.prepare import prepare_datasets
     from fnsft.models import load_causal_lm, load_tokenizer, resolve_model
@@ -143,6 +144,10 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         f"[bold]data[/] {recipe.data.path}: {data.format} ({data.detection}); "
         f"{data.num_train} train / {eval_rows} eval rows; chat template: {data.template}"
     )
+    for line in summary_lines(data.summary):
+        _info(f"  {line}")
+    for warning in data.summary.warnings:
+        _warn(warning)
     precision = resolve_precision(recipe.training.precision)
     weights_dtype = precision if recipe.model.dtype == "auto" else recipe.model.dtype
     model = load_causal_lm(
@@ -178,7 +183,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     probe = data.eval_conversations[:n_exact]
     if checkpoint is None:
         if probe:
-            before = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
+            before = exact_match(
+                trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens, recipe.data.chat_template_kwargs)
             metrics["exact_match_before"] = before.accuracy
         trainer.add_callback(BeforeTrainingReport(trainer, metrics, data.eval is not None, run.metrics if main else None))
     else:
@@ -199,7 +205,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     if data.eval is not None:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
     if probe:
-        after = exact_match(trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens)
+        after = exact_match(
+            trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens, recipe.data.chat_template_kwargs)
         metrics["exact_match_after"] = after.accuracy
         metrics["exact_match_samples"] = after.total
         metrics["exact_match_examples"] = after.examples[:10]
@@ -222,7 +229,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         model_identity=source.identity,
         architecture=architecture,
         dataset={"path": recipe.data.path, "format": data.format, "fingerprint": data.fingerprint,
-                 "train_rows": data.num_train, "eval_rows": eval_rows},
+                 "train_rows": data.num_train, "eval_rows": eval_rows, "summary": data.summary.to_dict()},
         metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
         memory=memory,
         started=started,
