@@ -11,6 +11,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from fnsft.commands import data as data_cmd
 from fnsft.commands import env as env_cmd
 from fnsft.commands import estimate as estimate_cmd
 from fnsft.commands import export as export_cmd
@@ -58,6 +59,7 @@ app.add_typer(mask_cmd.app, name="mask")
 app.command("export")(export_cmd.export)
 app.command("push")(push_cmd.push)
 app.add_typer(recipe_cmd.app, name="recipe")
+app.add_typer(data_cmd.app, name="data")
 app.command("env")(env_cmd.env)
 app.command("reproduce")(reproduce_cmd.reproduce)
 

@@ -152,3 +152,23 @@ def summary_lines(summary: DataSummary) -> list[str]:
         f"replies with their end-of-turn marker trained: {marker}",
         f"template: {summary.template}; kwargs: {kwargs}; train_on: {summary.train_on}",
     ]
+
+
+def plot_lengths(facts: list[RowFacts], max_length: int, path: str) -> None:
+    """PNG histogram of tokens per row, max_length marked; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fnsft.atomic import staged_file
+
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    axes.hist([f.tokens for f in facts], bins=min(50, max(5, len(facts) // 4)), color="#4c72b0")
+    axes.axvline(max_length, color="#c44e52", linestyle="--", label=f"max_length {max_length}")
+    axes.set(xlabel="tokens per row", ylabel="rows", title=f"{len(facts)} rows")
+    axes.legend()
+    figure.tight_layout()
+    with staged_file(path) as staging:
+        figure.savefig(staging, dpi=110, format="png")
+    plt.close(figure)

@@ -143,11 +143,7 @@ def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> Prepare
         raise DataError(f"{raw.source}: every row was skipped (data.on_bad_row: skip): {skipped[0]}")
     has_eval = evaluation is not None and len(evaluation) > 0
     tokenized_eval = tokenize(evaluation, tokenizer, section, template, None, skipped) if has_eval else None
-    summary = summarize(
-        facts, formats={detection.format: len(facts)}, template=template,
-        chat_template_kwargs=section.chat_template_kwargs, train_on=section.train_on,
-        max_length=section.max_length, skipped=skipped,
-    )
+    summary = _summary(facts, section, detection.format, template, skipped)
     return PreparedData(
         train=tokenized,
         eval=tokenized_eval,
@@ -168,3 +164,30 @@ def preview(section: DataSection, rows: int = DETECTION_ROWS) -> tuple[Detection
     if not sample:
         raise DataError(f"{raw.source}: the dataset is empty")
     return detection, raw, sample
+
+
+def check_dataset(section: DataSection, tokenizer: Any) -> tuple[DataSummary, list[RowFacts]]:
+    """``fnsft data check``: every row (before the train/eval split) tokenized and masked as training does."""
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    raw = load_raw(section)
+    detection = detect(raw, section)
+    skipped: list[str] = []
+    rows, _ = canonicalize(raw, section, detection.format, skipped)
+    template = configure_template(tokenizer, section.chat_template)
+    facts: list[RowFacts] = []
+    tokenize(rows, tokenizer, section, template, facts, skipped)
+    return _summary(facts, section, detection.format, template, skipped), facts
+
+
+def _summary(facts: list[RowFacts], section: DataSection, fmt: str, template: str, skipped: list[str]) -> DataSummary:
+    return summarize(facts, formats={fmt: len(facts)}, template=template,
+                     chat_template_kwargs=section.chat_template_kwargs, train_on=section.train_on,
+                     max_length=section.max_length, skipped=skipped)
+
+
+def sample_rows(section: DataSection, count: int) -> tuple[list[dict], list[str]]:
+    """The first ``count`` rows in canonical form and where each is (for ``fnsft data preview``)."""
+    _, raw, sample = preview(section, count)
+    return sample, [describe_row(raw, i) for i in range(len(sample))]
