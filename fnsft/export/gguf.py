@@ -125,6 +125,17 @@ def _file_type(qtype: str) -> int:
     return LlamaFileType[file_type_name(qtype)]
 
 
+def unpermute_qk(weights, n_head: int, n_head_kv: int | None):
+    """The inverse of :func:`permute_qk` (interleaved rotary pairs back to HF's half-split layout)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        weights.reshape(n_head, weights.shape[0] // n_head // 2, 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
     entry: TensorEntry

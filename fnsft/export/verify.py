@@ -2,11 +2,11 @@
 
 On held-out examples (the run's eval split, rebuilt with the run's seed, or a ``--verify-data`` file) three
 kinds of model are compared, each against the one it was made from: the merged model against the adapter (PEFT
-on the base: catches a wrong alpha/r scaling, a missed module, a wrong base), and every GGUF read back by
-transformers against the merged model (catches conversion bugs and over-aggressive quantization). Per pair: mean
-per-token KL(reference ‖ candidate), top-1 agreement, the perplexity of each on the examples, and greedy
-continuations of a few prompts side by side (the first differing token shown). KL and top-1 are gated by the
-per-type limits in :data:`LIMITS`.
+on the base: catches a wrong alpha/r scaling, a missed module, a wrong base), and every GGUF, dequantized by
+gguf's own dequantizers (:func:`gguf_model`), against the merged model (catches quantization and conversion
+errors). Per pair: mean per-token KL(reference ‖ candidate), top-1 agreement, the perplexity of each on the
+examples, and greedy continuations of a few prompts side by side (the first differing token shown). KL and top-1
+are gated by the per-type limits in :data:`LIMITS`.
 
 Each GGUF's metadata is checked against the HF tokenizer and generation config too: the chat template present
 and equal, BOS/EOS/pad ids equal, every ``generation_config.eos_token_id`` an end-of-generation token for
@@ -242,11 +242,9 @@ def _field(fields: dict, key: str):
     return fields[key].contents() if key in fields else None
 
 
-def metadata_checks(gguf_path: Path, model_dir: Path, tokenizer: Any, qtype: str) -> list[Check]:
-    """The GGUF's tokenizer metadata against the HF tokenizer and generation config."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(gguf_path).fields
+def metadata_checks(gguf_path: Path, fields: dict, model_dir: Path, tokenizer: Any, qtype: str) -> list[Check]:
+    """The GGUF's tokenizer metadata (``GGUFReader(gguf_path).fields``) against the HF tokenizer and generation
+    config."""
     checks = []
 
     def add(name: str, passed: bool, detail: str) -> None:
@@ -297,15 +295,41 @@ def modelfile_checks(modelfile: Path, model_dir: Path, tokenizer: Any) -> list[C
     return checks
 
 
-def _load_gguf(path: Path):
+def gguf_model(reader: Any, model_dir: Path):
+    """The model stored in a GGUF, rebuilt on the merged model's config: every tensor dequantized with gguf's own
+    dequantizers and the converter's transforms undone (rotary permutation, Gemma's 1 + w).
+
+    Tensor names are mapped back with fnsft's own name map (transformers' GGUF loader checks the mapping in the
+    test suite, but parses a 49k-token vocabulary for tens of seconds per file: too slow for a gate after every
+    export).
+    """
+    import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM
+    from gguf import dequantize
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    from fnsft.export.gguf import ARCHITECTURES, plan_tensors, unpermute_qk
 
-
-#: GGUF architectures transformers 5.24 cannot read back (their logits are not compared; metadata still is).
-UNREADABLE_ARCHS = ("gemma",)
+    config = AutoConfig.from_pretrained(model_dir)
+    spec = ARCHITECTURES[config.model_type]
+    hf_names = {planned.gguf_name: planned.entry.name for planned in plan_tensors(model_dir, config, "f32")}
+    state = {}
+    for tensor in reader.tensors:
+        name = hf_names[tensor.name]
+        weights = dequantize(tensor.data, tensor.tensor_type).reshape(tuple(reversed([int(d) for d in tensor.shape])))
+        if spec.permute_qk and name.endswith("q_proj.weight"):
+            weights = unpermute_qk(weights, config.num_attention_heads, config.num_attention_heads)
+        elif spec.permute_qk and name.endswith("k_proj.weight"):
+            weights = unpermute_qk(weights, config.num_attention_heads, config.num_key_value_heads)
+        if spec.norm_plus_one and name.endswith("norm.weight"):
+            weights = weights - 1
+        state[name] = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if set(missing) - {"lm_head.weight"}:
+        raise ExportError(f"{reader.data.filename}: tensors missing from the GGUF: {', '.join(missing[:5])}")
+    model.tie_weights()
+    return model
 
 
 def verify_exports(
@@ -325,6 +349,7 @@ def verify_exports(
         export_seconds: how long the export took (recorded beside the verification time).
     """
     import torch
+    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, logging
 
     logging.set_verbosity_error()
@@ -345,14 +370,11 @@ def verify_exports(
         pair = compare("merged", "adapter", adapter, merged, encoded, tokenizer, samples)
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS["merged"])
-    config = json.loads((model_dir / "config.json").read_text())
     for qtype, path in gguf_files.items():
-        report.checks += metadata_checks(path, model_dir, tokenizer, qtype)
-        if config.get("model_type") in UNREADABLE_ARCHS:
-            report.notes.append(f"{path.name}: logits not compared (transformers cannot read "
-                                f"{config['model_type']} GGUF files back); metadata checked")
-            continue
-        pair = compare(qtype, "merged", merged, _run_model(_load_gguf(path), encoded), encoded, tokenizer, samples)
+        reader = GGUFReader(path)
+        report.checks += metadata_checks(path, reader.fields, model_dir, tokenizer, qtype)
+        candidate = _run_model(gguf_model(reader, model_dir), encoded)
+        pair = compare(qtype, "merged", merged, candidate, encoded, tokenizer, samples)
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS[qtype])
     if modelfile is not None:

@@ -65,3 +65,26 @@ def test_run_from_a_gguf_base_exports_and_round_trips(smollm2_dir, tmp_path):
     fields = GGUFReader(run.exports / f"{run.root.name}-q8_0.gguf").fields
     assert fields["tokenizer.ggml.pre"].contents() == "smollm"  # carried over from the base GGUF
     assert fields["general.license"].contents() == "apache-2.0"  # inherited, not hard-coded
+
+
+#: (minimum argmax agreement, maximum mean KL in nats) of the K-quants on TEXTS vs the merged SmolLM2 (hidden
+#: size 576 is not a multiple of 256, so as in llama.cpp most of its matrices fall back to Q5_0/Q5_1/Q8_0).
+K_QUANT_LIMITS = {"q6_k": (0.9, 0.05), "q4_k_m": (0.8, 0.2)}
+
+
+def test_smollm2_k_quants_round_trip(smollm2_dir, tmp_path):
+    from gguf import GGUFReader
+
+    run = make_run_dir(tmp_path / "smol-kquant-run", smollm2_dir, fit_steps=0, lora_b_std=0.002)
+    export_run(run.root, gguf_types=list(K_QUANT_LIMITS))
+    expected = prompt_logits(reference_merged_model(run, smollm2_dir), run.adapter, TEXTS)
+    for qtype, (min_agreement, max_kl) in K_QUANT_LIMITS.items():
+        path = run.exports / f"{run.root.name}-{qtype}.gguf"
+        types = sorted({t.tensor_type.name for t in GGUFReader(path).tensors})
+        model = AutoModelForCausalLM.from_pretrained(run.exports, gguf_file=path.name, dtype=torch.float32).eval()
+        actual = prompt_logits(model, run.adapter, TEXTS)
+        p, q = torch.cat(expected).log_softmax(-1), torch.cat(actual).log_softmax(-1)
+        measured = compare_logits(expected, actual) | {"mean_kl": float((p.exp() * (p - q)).sum(-1).mean())}
+        print(f"\nSmolLM2 {qtype} ({', '.join(types)}): {json.dumps(measured)}")
+        assert measured["argmax_agreement"] >= min_agreement, measured
+        assert 0 < measured["mean_kl"] < max_kl, measured

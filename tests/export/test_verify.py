@@ -33,13 +33,15 @@ def _prompts_file(tmp_path):
 
 def test_a_sound_export_passes_and_writes_verify_json(fresh_run, tmp_path):
     data = _prompts_file(tmp_path)
-    result = export_run(fresh_run.root, merge=True, gguf_types=["f16", "q8_0"], verify=True, verify_data=data)
+    result = export_run(fresh_run.root, merge=True, gguf_types=["f32", "f16", "q8_0"], verify=True,
+                        verify_data=data)
     report = result.verification
     assert report.passed, _failed(report)
-    assert [(p.candidate, p.reference) for p in report.pairs] == [("merged", "adapter"), ("f16", "merged"),
-                                                                  ("q8_0", "merged")]
+    assert [(p.candidate, p.reference) for p in report.pairs] == [("merged", "adapter"), ("f32", "merged"),
+                                                                  ("f16", "merged"), ("q8_0", "merged")]
+    assert report.pairs[1].mean_kl < 1e-9 and report.pairs[1].top1_agreement == 1.0  # f32 is lossless
     assert report.samples == 3 and str(data) in report.data_source
-    f16 = report.pairs[1]
+    f16 = report.pairs[2]
     assert f16.mean_kl < 1e-3 and f16.top1_agreement > 0.97 and len(f16.greedy) == 3
     assert abs(f16.perplexity_candidate / f16.perplexity_reference - 1) < 0.01
     names = {(c.subject, c.name) for c in report.checks}
@@ -103,3 +105,22 @@ def test_cli_prints_the_verdicts_and_exits_1_on_a_failed_check(fresh_run, monkey
     assert "FAILED q8_0 chat template" in bad.output and "Traceback" not in bad.output
     skipped = CliRunner().invoke(app, ["export", str(fresh_run.root), "--gguf", "q8_0", "--no-verify"])
     assert skipped.exit_code == 0 and "verification on" not in skipped.output
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_the_gates_gguf_reader_equals_transformers_gguf_loader(arch, small_run_factory):
+    """verify.gguf_model rebuilds the model with fnsft's name map; transformers' own loader must agree exactly."""
+    import torch
+    from export_runs import prompt_logits
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    from fnsft.export.verify import gguf_model
+
+    run = small_run_factory(arch)[0]
+    export_run(run.root, gguf_types=["q8_0"], modelfile=False)
+    path = run.exports / f"{run.root.name}-q8_0.gguf"
+    ours = prompt_logits(gguf_model(GGUFReader(path), run.exports / "merged").eval(), run.adapter)
+    theirs = prompt_logits(AutoModelForCausalLM.from_pretrained(run.exports, gguf_file=path.name,
+                                                                dtype=torch.float32).eval(), run.adapter)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs, strict=True))
