@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from fnsft.errors import ExportError
 from fnsft.export.card import ArtifactKind, model_card
 from fnsft.export.files import list_files
+from fnsft.export.merge import ADAPTER_CONFIG
 from fnsft.export.pipeline import MERGED, MODELFILE, open_run
 from fnsft.rundir import RunDir
 
@@ -29,7 +30,8 @@ class UploadItem(BaseModel):
     """One file of the commit: its path in the repository and where its bytes come from."""
 
     path_in_repo: str
-    local_path: Path | None = None  # None: generated content (the card)
+    local_path: Path | None = None  # None: generated content (the card, the rewritten adapter config)
+    content: str | None = None
     size: int
 
 
@@ -42,13 +44,14 @@ class PushPlan(BaseModel):
     kinds: list[ArtifactKind]
     items: list[UploadItem]
     card: str
+    base_model_id: str | None = None  # what the pushed adapter_config.json names as its base model
 
     @property
     def total_bytes(self) -> int:
         return sum(item.size for item in self.items)
 
 
-def validate_repo_id(repo_id: str) -> None:
+def validate_repo_id(repo_id: str, flag: str = "--repo-id") -> None:
     """OWNER/NAME as the Hub accepts it; anything else is a clear error before any network call."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id as hub_validate
@@ -56,9 +59,9 @@ def validate_repo_id(repo_id: str) -> None:
     try:
         hub_validate(repo_id)
     except HFValidationError as exc:
-        raise ExportError(f"invalid --repo-id {repo_id!r}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"invalid {flag} {repo_id!r}: {str(exc).splitlines()[0]}") from None
     if repo_id.count("/") != 1:
-        raise ExportError(f"invalid --repo-id {repo_id!r}: use OWNER/NAME (your user or organisation name first)")
+        raise ExportError(f"invalid {flag} {repo_id!r}: use OWNER/NAME (a user or organisation name first)")
 
 
 def _folder_items(folder: Path, prefix: str = "") -> list[UploadItem]:
@@ -67,6 +70,37 @@ def _folder_items(folder: Path, prefix: str = "") -> list[UploadItem]:
         for item in list_files(folder)
         if item.path.name not in SKIPPED_NAMES
     ]
+
+
+def _adapter_items(run: RunDir, base_model_id: str) -> list[UploadItem]:
+    """The adapter's files, its config naming the base by Hub id (training wrote a local path there)."""
+    import json
+
+    items = _folder_items(run.adapter)
+    for index, item in enumerate(items):
+        if item.path_in_repo == ADAPTER_CONFIG:
+            config = json.loads(item.local_path.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = base_model_id
+            content = json.dumps(config, indent=2, sort_keys=True) + "\n"
+            items[index] = UploadItem(path_in_repo=ADAPTER_CONFIG, content=content, size=len(content.encode()))
+    return items
+
+
+def _base_model_id(run: RunDir, recipe, manifest: dict, given: str | None) -> str:
+    """The Hub id a pushed adapter names as its base: --base-model-id, else the one the manifest recorded."""
+    from fnsft.models import base_hub_id
+
+    if given:
+        validate_repo_id(given, flag="--base-model-id")
+        return given
+    known = (manifest.get("base_model") or {}).get("hub_id") or base_hub_id(recipe.model)
+    if not known:
+        raise ExportError(
+            f"{run.root}: the base model {recipe.model.name_or_path} has no Hub id, so nobody else could load the "
+            "pushed adapter (its adapter_config.json names a path on this machine); pass --base-model-id OWNER/NAME, "
+            "the Hub model it was trained from. Nothing was uploaded"
+        )
+    return known
 
 
 def _export_items(run: RunDir, kinds: list[ArtifactKind]) -> list[UploadItem]:
@@ -95,6 +129,7 @@ def plan_push(
     gguf: bool = False,
     private: bool = False,
     revision: str | None = None,
+    base_model_id: str | None = None,
 ) -> PushPlan:
     """Decide what a push uploads: PEFT runs → adapter only (default), full runs → the model, or exports.
 
@@ -106,12 +141,14 @@ def plan_push(
         gguf: push the GGUF files (and Modelfile) from exports/; alone, or on top of `what`="merged".
         private: create the repository as private (only applies when it is created).
         revision: branch to commit to (created if missing).
+        base_model_id: the base model's Hub id, written into the pushed adapter_config.json (default: the one
+            the manifest recorded; required when the base was a local directory or an unknown GGUF).
 
     Returns:
         The plan, with the generated card.
     """
     validate_repo_id(repo_id)
-    run, recipe, _manifest = open_run(run_path)
+    run, recipe, manifest = open_run(run_path)
     peft = recipe.method.is_peft
     if what == "adapter" and not peft:
         raise ExportError(f"{run.root}: --adapter-only needs a LoRA/QLoRA run; this is a full fine-tuning run")
@@ -125,17 +162,19 @@ def plan_push(
         if gguf:
             kinds.append("gguf")
     items: list[UploadItem] = []
+    base_id = _base_model_id(run, recipe, manifest, base_model_id) if "adapter" in kinds else base_model_id
     if "adapter" in kinds:
-        items += _folder_items(run.adapter)
+        items += _adapter_items(run, base_id)
     if "full" in kinds:
         items += _folder_items(run.model)
     items += _export_items(run, kinds)
     for path in (run.recipe, run.manifest):
         items.append(UploadItem(path_in_repo=f"{PROVENANCE_DIR}/{path.name}", local_path=path, size=path.stat().st_size))
     gguf_names = [item.path_in_repo for item in items if item.path_in_repo.endswith(".gguf")]
-    card = model_card(run, kinds[0], repo_id, gguf_files=gguf_names)
-    items.insert(0, UploadItem(path_in_repo=CARD_NAME, size=len(card.encode())))
-    return PushPlan(repo_id=repo_id, private=private, revision=revision, kinds=kinds, items=items, card=card)
+    card = model_card(run, kinds[0], repo_id, gguf_files=gguf_names, base_model_id=base_id)
+    items.insert(0, UploadItem(path_in_repo=CARD_NAME, content=card, size=len(card.encode())))
+    return PushPlan(repo_id=repo_id, private=private, revision=revision, kinds=kinds, items=items, card=card,
+                    base_model_id=base_id)
 
 
 def resolve_token() -> str:
@@ -182,7 +221,7 @@ def execute_push(plan: PushPlan, *, token: str | None = None, endpoint: str | No
     api = HfApi(token=token or resolve_token(), endpoint=endpoint)
     operations = [
         CommitOperationAdd(path_in_repo=item.path_in_repo,
-                           path_or_fileobj=str(item.local_path) if item.local_path else plan.card.encode())
+                           path_or_fileobj=str(item.local_path) if item.local_path else item.content.encode())
         for item in plan.items
     ]
     try:

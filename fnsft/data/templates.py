@@ -52,6 +52,47 @@ def configure_template(tokenizer: Any, override: str | None) -> str:
     return PLAIN_TEMPLATE_NAME
 
 
+@dataclass
+class TemplateRenderer:
+    """A tokenizer's chat template rendered as the tokenizer renders it (transformers' own jinja environment and
+    special-token variables), without loading the tokenizer: transformers' tokenizers import torch."""
+
+    chat_template: str | None
+    special_tokens: dict[str, str]
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.special_tokens.get("eos_token")
+
+    def apply_chat_template(
+        self, messages: list[dict], *, tokenize: bool = False, add_generation_prompt: bool = False, **kwargs: Any
+    ) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template(
+            conversations=[messages], chat_template=self.chat_template, add_generation_prompt=add_generation_prompt,
+            **{**self.special_tokens, **kwargs},
+        )
+        return rendered[0]
+
+
+def check_template_renders(
+    renderer: TemplateRenderer, conversations: list[tuple[str, list[dict]]], chat_template_kwargs: dict[str, Any]
+) -> None:
+    """Render each (where, messages) whole and up to each assistant turn's prompt, as training will.
+
+    Raises:
+        DataError: naming the row whose conversation the template cannot render.
+    """
+    for where, messages in conversations:
+        try:
+            render(renderer, messages, **chat_template_kwargs)
+            for i in (i for i, message in enumerate(messages) if message["role"] == "assistant" and i):
+                render(renderer, messages[:i], generation_prompt=True, **chat_template_kwargs)
+        except DataError as exc:  # render() words template failures as DataErrors
+            raise DataError(f"{where}: {exc}") from None
+
+
 def render(tokenizer: Any, messages: list[dict], *, generation_prompt: bool = False, **template_kwargs: Any) -> str:
     try:
         return tokenizer.apply_chat_template(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from fnsft.errors import ModelError
-from fnsft.models import ModelSource, resolve_model
+from fnsft.models import ModelSource, base_hub_id, resolve_model
 from fnsft.recipe.load import dump_recipe
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
@@ -48,20 +48,22 @@ def _license_from_gguf(path: Path) -> str | None:
     return field.contents() if field is not None else None
 
 
-def base_model_info(recipe: Recipe) -> BaseModelInfo:
-    """Name, Hub id and license of the run's base model, read from local files only (never the network)."""
+def base_model_info(recipe: Recipe, hub_id: str | None = None) -> BaseModelInfo:
+    """Name, Hub id and license of the run's base model, read from local files only (never the network).
+
+    ``hub_id`` (``--base-model-id``, or the manifest's) wins over the id known from the recipe's model.
+    """
     section = recipe.model
     try:
         source: ModelSource | None = resolve_model(section)
     except ModelError:  # the base may have moved since training: the card still gets its name
         source = None
-    info = BaseModelInfo(name=section.name_or_path)
+    info = BaseModelInfo(name=section.name_or_path, hub_id=hub_id or base_hub_id(section))
     if source is None:
         return info
     if source.kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 
-        info.hub_id = section.name_or_path
         cached = try_to_load_from_cache(section.name_or_path, "README.md", revision=section.revision)
         info.license = _license_from_readme(Path(cached)) if isinstance(cached, str) else None
         info.license_source = "the base model's README (Hub cache)" if info.license else None
@@ -129,6 +131,7 @@ def model_card(
     repo_id: str,
     *,
     gguf_files: list[str] | None = None,
+    base_model_id: str | None = None,
 ) -> str:
     """The README.md (YAML metadata + text) for one artifact of a finished run.
 
@@ -137,6 +140,7 @@ def model_card(
         kind: adapter, full (fully fine-tuned model), merged (LoRA merged into the base) or gguf.
         repo_id: where it will live on the Hub, for the loading snippets.
         gguf_files: GGUF file names, for the gguf snippets.
+        base_model_id: the base model's Hub id, when the recipe's model is not one (a local directory or GGUF).
 
     Returns:
         The card text.
@@ -147,7 +151,7 @@ def model_card(
 
     recipe = load_recipe(run.recipe)
     manifest = json.loads(run.manifest.read_text()) if run.manifest.is_file() else {}
-    base = base_model_info(recipe)
+    base = base_model_info(recipe, base_model_id or (manifest.get("base_model") or {}).get("hub_id"))
     method = recipe.method.name
     data = ModelCardData(
         base_model=base.hub_id,
@@ -168,6 +172,8 @@ def model_card(
         "## Training", "",
         f"- base model: `{base.name}`" + (f" (license {base.license}, from {base.license_source})" if base.license
                                             else " (license unknown: check the base model's terms)"),
+        *([f"- trained on `{base.name}`; `{base.hub_id}` is the Hub model it was made from (same shapes), which "
+           "the loading code above uses as the base"] if base.hub_id and base.hub_id != base.name else []),
         f"- data: `{recipe.data.path}` ({recipe.data.format}, loss on {recipe.data.loss_on})", "",
         "| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in _manifest_rows(manifest)), "",
     ]

@@ -87,6 +87,9 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
     warnings = check(recipe, int(os.environ.get("WORLD_SIZE", "1")))
     for warning in warnings if is_main_process() else []:
         _warn(warning)
+    from fnsft.train.preflight import check_before_loading
+
+    check_before_loading(recipe)  # seconds, before torch, weights or the run directory
     run = RunDir.at(recipe.output.dir)
     fresh = not run.root.exists()
     if is_main_process():
