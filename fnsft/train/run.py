@@ -108,30 +108,36 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
 
 
 def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started: float, preemption: Any) -> RunResult:
+    """One run, phase by phase (setup → data → model → trainer → mask → preflight → train → save → manifest)."""
+    source, report_to = _setup(recipe)
+    tokenizer, data = _load_data(recipe, source)
+    precision, model = _load_model(recipe, source)
+    architecture = model.config.model_type
+    trainer, progress = _build_trainer(recipe, run, model, tokenizer, data, precision, report_to, preemption)
+    mask = _attach_mask(trainer, recipe, source.identity, tokenizer, run)  # after PEFT wrapping: covers LoRA B too
+    _preflight(recipe, run, trainer, data, precision)
+    metrics, probe = _before_training(recipe, run, trainer, tokenizer, data, checkpoint)
+    train_output = _train(trainer, run, checkpoint, progress, preemption)
+    _after_training(recipe, trainer, tokenizer, data, probe, train_output, metrics)
+    target = run.adapter if recipe.method.is_peft else run.model
+    if mask is not None:
+        mask.remove()  # the saved weights are the plain model's, without the hooks
+    if not is_main_process():
+        return RunResult(run, metrics, {})
+    _save_final(trainer, tokenizer, target)
+    atomic_write_json(run.metrics, metrics)
+    manifest = _write_manifest(recipe, run, source, architecture, data, metrics, started, trainer, target, mask)
+    _print_summary(run, target, metrics)
+    return RunResult(run, metrics, manifest)
+
+
+def _setup(recipe: Recipe) -> tuple[Any, list[str]]:
+    """Seed, refuse missing trackers, resolve the model source (no weights yet)."""
     quiet_libraries()
     import torch
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
 
-    from fnsft.data.check import summary_lines
-    from fnsft.data.load import check_dataset_pin
-    from fnsft.data.prepare import prepare_datasets
-    from fnsft.models import load_causal_lm, load_tokenizer, resolve_model
-    from fnsft.train.build import (
-        lora_config,
-        quantization_config,
-        report_targets,
-        resolve_precision,
-        sft_config,
-        torch_dtype,
-    )
-    from fnsft.train.callbacks import (
-        BeforeTrainingReport,
-        RichProgressCallback,
-        measured_peak_memory,
-    )
-    from fnsft.train.evaluate import exact_match
-    from fnsft.train.signals import CompletionMarkerCallback, install_test_kill_hook
+    from fnsft.models import resolve_model
+    from fnsft.train.build import report_targets
 
     torch.manual_seed(recipe.training.seed)
     report_to = report_targets(recipe)
@@ -139,6 +145,16 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     if recipe.model.trust_remote_code:
         _warn(f"trust_remote_code is on: code from {recipe.model.name_or_path} will run on this machine")
     _info(f"[bold]model[/] {recipe.model.name_or_path} ({source.kind})   [bold]method[/] {recipe.method.name}")
+    return source, report_to
+
+
+def _load_data(recipe: Recipe, source: Any) -> tuple[Any, Any]:
+    """The tokenizer, then the dataset: detected, converted, split, tokenized and checked against its pin."""
+    from fnsft.data.check import summary_lines
+    from fnsft.data.load import check_dataset_pin
+    from fnsft.data.prepare import prepare_datasets
+    from fnsft.models import load_tokenizer
+
     tokenizer = load_tokenizer(source, recipe.model)
     data = prepare_datasets(recipe.data, tokenizer, recipe.training.seed)
     check_dataset_pin(recipe.data, data.fingerprint)
@@ -151,12 +167,32 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         _info(f"  {line}")
     for warning in data.summary.warnings:
         _warn(warning)
+    return tokenizer, data
+
+
+def _load_model(recipe: Recipe, source: Any) -> tuple[str, Any]:
+    """The training precision and the base model's weights in it (quantized for QLoRA)."""
+    from fnsft.models import load_causal_lm
+    from fnsft.train.build import quantization_config, resolve_precision, torch_dtype
+
     precision = resolve_precision(recipe.training.precision)
     weights_dtype = precision if recipe.model.dtype == "auto" else recipe.model.dtype
     model = load_causal_lm(
         source, recipe.model, dtype=torch_dtype(weights_dtype), quantization_config=quantization_config(recipe, precision)
     )
-    architecture = model.config.model_type
+    return precision, model
+
+
+def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data: Any, precision: str,
+                   report_to: list[str], preemption: Any) -> tuple[Any, Any]:
+    """TRL's SFTTrainer with fnsft's callbacks (progress bar, preemption, completion marker); PEFT wraps here."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from fnsft.train.build import lora_config, sft_config
+    from fnsft.train.callbacks import RichProgressCallback
+    from fnsft.train.signals import CompletionMarkerCallback
+
     progress = RichProgressCallback()
     trainer = SFTTrainer(
         model=model,
@@ -167,16 +203,25 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         peft_config=lora_config(recipe),
         callbacks=[progress, preemption, CompletionMarkerCallback()],
     )
-    install_test_kill_hook(trainer)
-    # after PEFT wrapping, so frozen mask rows cover the LoRA B matrices too
-    mask_handle = _attach_mask(trainer, recipe, source.identity, tokenizer, run)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
+    return trainer, progress
+
+
+def _preflight(recipe: Recipe, run: RunDir, trainer: Any, data: Any, precision: str) -> None:
+    """Report what trains, and refuse a run whose checkpoints would not fit on the disk."""
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     _info(f"[bold]parameters[/] {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)   precision {precision}")
     bytes_per_param = next(trainer.model.parameters()).element_size()
     outdir.check_free_disk(run.root, outdir.predicted_disk_bytes(
         recipe, trainable=trainable, total=total, bytes_per_param=bytes_per_param, train_rows=data.num_train))
+
+
+def _before_training(recipe: Recipe, run: RunDir, trainer: Any, tokenizer: Any, data: Any,
+                     checkpoint: Path | None) -> tuple[dict[str, Any], list]:
+    """Write the recipe (a fresh run) and measure the before-training baselines; returns metrics and the probe set."""
+    from fnsft.train.callbacks import BeforeTrainingReport
+    from fnsft.train.evaluate import exact_match
 
     main = is_main_process()
     if checkpoint is None and main:
@@ -192,7 +237,11 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         trainer.add_callback(BeforeTrainingReport(trainer, metrics, data.eval is not None, run.metrics if main else None))
     else:
         _info(f"resuming from {checkpoint.name}")
+    return metrics, probe
 
+
+def _train(trainer: Any, run: RunDir, checkpoint: Path | None, progress: Any, preemption: Any) -> Any:
+    """trainer.train(); a SIGTERM/SIGINT during it ends here as TrainingInterrupted, after its checkpoint."""
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
@@ -203,6 +252,14 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
 
         saved = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
         raise TrainingInterrupted(interrupted_message(preemption, saved, run.recipe), preemption.signum)
+    return train_output
+
+
+def _after_training(recipe: Recipe, trainer: Any, tokenizer: Any, data: Any, probe: list, train_output: Any,
+                    metrics: dict[str, Any]) -> None:
+    """The after-training evaluation (eval loss, exact match) and the log history, into ``metrics``."""
+    from fnsft.train.evaluate import exact_match
+
     metrics["train_loss"] = train_output.training_loss
     metrics["global_step"] = trainer.state.global_step
     if data.eval is not None:
@@ -215,15 +272,12 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         metrics["exact_match_examples"] = after.examples[:10]
     metrics["log_history"] = trainer.state.log_history
 
-    target = run.adapter if recipe.method.is_peft else run.model
-    if mask_handle is not None:
-        mask_handle.remove()
-    if not main:
-        return RunResult(run, metrics, {})
-    _save_final(trainer, tokenizer, target)
-    atomic_write_json(run.metrics, metrics)
 
+def _write_manifest(recipe: Recipe, run: RunDir, source: Any, architecture: str, data: Any, metrics: dict[str, Any],
+                    started: float, trainer: Any, target: Path, mask: Any) -> dict[str, Any]:
+    """manifest.json: versions, identities, data, metrics, predicted vs measured memory, the weights' hash."""
     from fnsft.manifest import build_manifest, write_manifest
+    from fnsft.train.callbacks import measured_peak_memory
 
     lengths = [len(ids) for ids in data.train["input_ids"]]
     memory = {"measured": measured_peak_memory(), "predicted": _predicted_memory(recipe, max(lengths, default=1))}
@@ -232,18 +286,18 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         model_identity=source.identity,
         architecture=architecture,
         dataset={"path": recipe.data.path, "format": data.format, "fingerprint": data.fingerprint,
-                 "train_rows": data.num_train, "eval_rows": eval_rows, "summary": data.summary.to_dict()},
+                 "train_rows": data.num_train, "eval_rows": len(data.eval) if data.eval is not None else 0,
+                 "summary": data.summary.to_dict()},
         metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
         memory=memory,
         started=started,
         tokens_seen=int(sum(lengths) * (trainer.state.epoch or 0)),  # non-padding tokens × epochs (fractional)
         weights_sha256=weights_sha256(target),
-        mask=mask_handle.provenance if mask_handle is not None else None,
+        mask=mask.provenance if mask is not None else None,
         distributed=_distributed_facts(recipe),
     )
     write_manifest(run, manifest)
-    _print_summary(run, target, metrics)
-    return RunResult(run, metrics, manifest)
+    return manifest
 
 
 def _distributed_facts(recipe: Recipe) -> dict[str, Any]:

@@ -1,13 +1,11 @@
 """Preemption and crash safety for `fnsft train`: SIGTERM/SIGINT save a checkpoint and exit; checkpoints get a
 completion marker so a torn one is never resumed from.
 
-Also holds a test-only fault-injection hook (``FNSFT_TEST_KILL_AT``) that lets the test suite kill a real training
-process at exact points (mid-step, mid-checkpoint-save, mid-evaluation). It does nothing unless that variable is set.
+The faults that test these paths are injected from the test suite (tests/train/faults/), never from here.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +19,6 @@ from fnsft.train.outdir import write_completion_marker
 
 #: Exit codes follow the shell convention 128 + signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-#: Test-only: ``step:N`` (SIGKILL during step N, after backward, before the optimizer update), ``save:N`` (SIGKILL
-#: while checkpoint-N is being written: weights on disk, optimizer state not yet), ``eval:N`` (SIGKILL inside the
-#: evaluation at step N; 0 is the evaluation before training), ``sigterm:N`` / ``sigint:N`` (the process sends
-#: itself that signal during step N, to exercise the real handler at a known step; N=0: before training starts).
-#: A suffix ``@R`` limits any of them to the process of rank R (multi-process runs).
-TEST_KILL_ENV = "FNSFT_TEST_KILL_AT"
 
 
 class TrainingInterrupted(TrainError):
@@ -143,52 +134,3 @@ def interrupted_message(callback: PreemptionCallback, checkpoint: Path, recipe_p
         f"training interrupted by {callback.signal_name}; checkpoint saved: {checkpoint}. "
         f"Resume exactly where it stopped with: fnsft train {recipe_path} --resume"
     )
-
-
-class _TestKillCallback(TrainerCallback):
-    """Test-only: kill this process at the point named by FNSFT_TEST_KILL_AT (see ``TEST_KILL_ENV``)."""
-
-    def __init__(self, point: str, step: int) -> None:
-        self.point = point
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.point in ("sigterm", "sigint") and state.global_step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGTERM if self.point == "sigterm" else signal.SIGINT)
-        return control
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.point == "step" and state.global_step == self.step - 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return control
-
-    def on_prediction_step(self, args, state, control, **kwargs):
-        if self.point == "eval" and state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return control
-
-
-def install_test_kill_hook(trainer: Any) -> None:
-    """Test-only fault injection, active only when FNSFT_TEST_KILL_AT is set (never in normal use)."""
-    spec = os.environ.get(TEST_KILL_ENV)
-    if not spec:
-        return
-    point, _, step = spec.partition(":")
-    step, _, rank = step.partition("@")
-    if point not in ("step", "save", "eval", "sigterm", "sigint") or not step.isdigit() or not (rank or "0").isdigit():
-        raise TrainError(f"{TEST_KILL_ENV}={spec}: expected step:N, save:N, eval:N, sigterm:N or sigint:N (+ @RANK)")
-    if rank and int(rank) != int(os.environ.get("RANK", "0")):
-        return
-    if point in ("sigterm", "sigint") and int(step) == 0:  # before training starts
-        os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGINT)
-    if point == "save":
-        save_optimizer = trainer._save_optimizer_and_scheduler
-
-        def killing_save(output_dir: str) -> None:
-            if trainer.state.global_step == int(step):  # the weights of this checkpoint are already written
-                os.kill(os.getpid(), signal.SIGKILL)
-            save_optimizer(output_dir)
-
-        trainer._save_optimizer_and_scheduler = killing_save
-        return
-    trainer.add_callback(_TestKillCallback(point, int(step)))

@@ -1,8 +1,9 @@
 """Faults injected into real `fnsft train` processes: kill -9, SIGTERM/SIGINT, torn checkpoints, a concurrent
 second run, unwritable or full disks, a planted token. Resumed runs must end bitwise identical to uninterrupted ones.
 
-Kill points come from the test-only hook FNSFT_TEST_KILL_AT (fnsft/train/signals.py); the kill itself is a real
-SIGKILL/SIGTERM/SIGINT delivered by the OS to a real training process.
+Kill points are FNSFT_TEST_KILL_AT values, armed in the child process by tests/train/faults/ (put on its
+PYTHONPATH here: fnsft has no hook for them); the kill itself is a real SIGKILL/SIGTERM/SIGINT delivered by the OS
+to a real training process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from fnsft.train.outdir import COMPLETION_MARKER, RunLock, _start_time, checkpoi
 
 FAKE_TOKEN = "hf_secretFAKE0123456789abcdefTOKEN"
 SUBPROCESS_TIMEOUT = 600
+#: Its sitecustomize arms the kill point in every Python process started with it on PYTHONPATH (ranks included).
+FAULTS = Path(__file__).resolve().parent / "faults"
 
 
 @dataclass
@@ -48,6 +51,7 @@ def child_env(kill_at: str | None = None, **extra: str) -> dict[str, str]:
             env.pop(name, None)
     if kill_at:
         env["FNSFT_TEST_KILL_AT"] = kill_at
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), env.get("PYTHONPATH")]))
     return env
 
 
@@ -325,3 +329,10 @@ def test_sigterm_to_one_rank_of_two_stops_both_at_the_same_step(workdir):
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "resuming from checkpoint-3" in resumed.stderr
     assert weights_hash(run) == weights_hash(workdir["root"] / "ddp-reference")
+
+
+def test_fault_injection_lives_in_the_tests_only():
+    """fnsft's code carries no test hook: the kill points are armed by tests/train/faults/ alone."""
+    package = Path(__file__).resolve().parents[2] / "fnsft"
+    assert not [path for path in package.rglob("*.py") if "FNSFT_TEST_KILL_AT" in path.read_text(encoding="utf-8")]
+    assert "FNSFT_TEST_KILL_AT" in (FAULTS / "kill_points.py").read_text(encoding="utf-8")

@@ -314,3 +314,23 @@ def test_run_training_resolves_and_checks_the_recipe_itself(tiny_recipe, tmp_pat
     assert unresolved.training.learning_rate is None
     result = run_training(unresolved)
     assert load_recipe(result.run.recipe).training.learning_rate == METHOD_DEFAULTS["lora"]["learning_rate"]
+
+
+def test_dry_run_of_a_shipped_recipe_offline_falls_back_to_the_catalog(tmp_path):
+    """recipes/full-7b.yaml names a Hub model and a Hub dataset: offline, with an empty Hugging Face cache, the
+    dry-run still describes the model (from the estimator's catalog, saying so) and says what it could not check."""
+    from fnsft.estimate.resolve import resolve_shape
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "fnsft.cli", "train", str(root / "recipes" / "full-7b.yaml"),
+                             "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    shape = resolve_shape("mistralai/Mistral-7B-v0.1")
+    assert f"from the offline catalog: {shape.model_type}, {shape.num_layers} layers, hidden {shape.hidden_size}" \
+        in result.stdout
+    note = " ".join(result.stderr.split())
+    assert note.startswith("note: mistralai/Mistral-7B-v0.1: cannot read the model config: ")  # fnsft's sentence first
+    assert "Using the estimator's offline catalog entry for mistralai/Mistral-7B-v0.1 instead." in note
+    assert "not checked" in result.stdout and "name: full" in result.stdout
+    assert "Traceback" not in result.stderr
