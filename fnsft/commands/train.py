@@ -109,6 +109,10 @@ def train(
         None, "--nproc", help="Processes per node (GPUs): launches through accelerate with the recipe's distributed strategy."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and validate everything, load no weights.", metavar=""),
+    probe: bool = typer.Option(
+        False, "--probe", metavar="",
+        help="Run one step (forward+backward+optimizer) on the longest batch, print measured vs predicted peak memory.",
+    ),
     **guide_flags: Any,
 ) -> None:
     """Fine-tune a model (LoRA by default; --no_peft for full, --use_4bit for QLoRA)."""
@@ -122,6 +126,14 @@ def train(
         from fnsft.train.plan import dry_run as run_dry
 
         run_dry(resolved, world_size(resolved, nproc))
+        return
+    if probe:
+        from fnsft.errors import NotYetSupported
+        from fnsft.train.probe import run_probe
+
+        if launch_needed(resolved, nproc) or resume:
+            raise NotYetSupported("--probe measures one process from a fresh start: drop --nproc/--resume")
+        run_probe(resolved)
         return
     if launch_needed(resolved, nproc):
         raise typer.Exit(launch(resolved, nproc, resume))

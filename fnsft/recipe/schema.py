@@ -132,6 +132,10 @@ class TrainingSection(Section):
     optimizer: Optimizer = "adamw_torch"
     precision: Precision = Field("auto", description="auto = bf16 on capable GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward: less memory, ~30% slower.")
+    longest_batch_first: bool = Field(
+        True, description="Train on the longest micro-batch (tokens, after packing) first: a run that does not fit "
+        "fails in step 1, not hours in. Same seed, same order."
+    )
     seed: int = Field(42, description="Random seed: initialisation, data order and the held-out split.")
     logging_steps: PositiveInt = Field(10, description="Log the loss every N optimizer steps.")
     save_steps: PositiveInt = Field(500, description="Save a checkpoint (a resume point) every N optimizer steps.")

@@ -194,7 +194,10 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
     from fnsft.train.signals import CompletionMarkerCallback
 
     progress = RichProgressCallback()
-    trainer = SFTTrainer(
+    from fnsft.train.order import longest_batch_first_trainer
+
+    trainer_class = longest_batch_first_trainer() if recipe.training.longest_batch_first else SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=sft_config(recipe, run.checkpoints, precision, has_eval=data.eval is not None, callbacks_report=report_to),
         train_dataset=data.train,
@@ -244,6 +247,10 @@ def _train(trainer: Any, run: RunDir, checkpoint: Path | None, progress: Any, pr
     """trainer.train(); a SIGTERM/SIGINT during it ends here as TrainingInterrupted, after its checkpoint."""
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.OutOfMemoryError as exc:
+        from fnsft.train.probe import out_of_memory_error
+
+        raise out_of_memory_error(recipe, trainer.state.global_step, exc) from None
     finally:
         progress.stop()
         preemption.restore()  # past training: nothing left that a checkpoint could save

@@ -24,7 +24,7 @@ def invoke(*args: str):
     return runner.invoke(app, join_multi_value_flags([str(a) for a in args]))
 
 
-OWN_OPTIONS = {"recipe", "set_", "resume", "nproc", "dry_run", "help"}
+OWN_OPTIONS = {"recipe", "set_", "resume", "nproc", "dry_run", "probe", "help"}
 
 
 def train_command():
