@@ -30,6 +30,18 @@ def estimate(
     lora_r: int | None = typer.Option(None, "--lora-r"),
     lora_targets: str | None = typer.Option(None, "--lora-targets", help="q_proj,v_proj or all-linear"),
     attention: str | None = typer.Option(None, "--attention", help="sdpa | flash | eager"),
+    loss: str | None = typer.Option(None, "--loss", help="chunked (TRL's default) | plain | liger | cce"),
+    optimizer_in_backward: bool | None = typer.Option(
+        None, "--optimizer-in-backward", help="Step and free each gradient during backward (torchtune optimizer_in_bwd)."
+    ),
+    activation_offload: bool | None = typer.Option(
+        None, "--activation-offload", help="Saved activations to pinned CPU memory (one layer prefetched)."
+    ),
+    compile_model: bool | None = typer.Option(None, "--compile", help="torch.compile (pointwise ops recomputed)."),
+    lora_modules_to_save: str | None = typer.Option(
+        None, "--lora-modules-to-save", help="PEFT modules_to_save, e.g. embed_tokens,lm_head (trained copies)."
+    ),
+    eval_batch_size: int | None = typer.Option(None, "--eval-batch-size", help="Cost an evaluation forward too."),
     num_gpus: int | None = typer.Option(None, "--num-gpus"),
     sharding: str | None = typer.Option(None, "--sharding", help="none | ddp | zero1 | zero2 | zero3 | fsdp"),
     offload: str | None = typer.Option(None, "--offload", help="none | optimizer | params"),
@@ -65,6 +77,10 @@ def estimate(
         "model": model, "method": method, "precision": precision, "optimizer": optimizer, "batch_size": batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "seq_len": seq_len,
         "gradient_checkpointing": gradient_checkpointing, "lora_r": lora_r, "attention": attention,
+        "loss": loss, "optimizer_in_backward": optimizer_in_backward, "activation_offload": activation_offload,
+        "compile": compile_model, "eval_batch_size": eval_batch_size,
+        "lora_modules_to_save": [name.strip() for name in lora_modules_to_save.split(",") if name.strip()]
+        if lora_modules_to_save else None,
         "num_gpus": num_gpus, "sharding": sharding, "offload": offload, "device": device,
     }
     if lora_targets is not None:

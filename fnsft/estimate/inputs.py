@@ -66,6 +66,9 @@ def inputs_from_recipe(recipe: Recipe, **overrides: Any) -> EstimateInput:
         "sharding": _SHARDING[dist.strategy],
         "offload": dist.offload,
         "device": device,
+        # the trainer evaluates when the recipe holds data out (validation_fraction or eval_split)
+        "eval_batch_size": (training.per_device_eval_batch_size or training.per_device_train_batch_size)
+        if recipe.data.eval_split or recipe.data.validation_fraction > 0 else None,
     }
     fields |= {key: value for key, value in overrides.items() if value is not None}
     if "model" not in overrides or overrides["model"] is None:

@@ -120,7 +120,8 @@ def _quant_state_tensors(model):
             yield from (state.state2.absmax, state.state2.code)
 
 
-def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_name: str, lora_r: int = 8) -> dict[str, int]:
+def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_name: str, lora_r: int = 8,
+                           modules_to_save: list[str] | None = None) -> dict[str, int]:
     """Load a model as TRL's SFTTrainer would, take one real optimizer step, and sum the real tensors.
 
     PEFT defaults (fp32 adapters); for a 4-bit base the adapters are cast to bf16 as sft_trainer.py does.
@@ -144,7 +145,7 @@ def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_nam
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if method != "full":
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+                                                 task_type="CAUSAL_LM", modules_to_save=modules_to_save))
         if method == "qlora":
             for param in model.parameters():
                 if param.requires_grad:
@@ -160,13 +161,13 @@ def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_nam
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
-    named = list(model.named_parameters())
-    base = [p for name, p in named if "lora_" not in name]
+    peft = method != "full"  # PEFT: the adapter is what trains (LoRA A/B and modules_to_save copies)
+    base = [p for p in model.parameters() if not (peft and p.requires_grad)]
     packed = [p for p in base if p.dtype == torch.uint8]
     return {
         "weights": tensor_bytes(base) + tensor_bytes(_quant_state_tensors(model)),
         "weights_quantized": tensor_bytes(packed),
-        "adapter": tensor_bytes(p for name, p in named if "lora_" in name),
+        "adapter": tensor_bytes(trainable) if peft else 0,
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in base) + sum(p.numel() for p in packed),
         "gradients": tensor_bytes(p.grad for p in trainable),
@@ -197,3 +198,39 @@ def activations_of(model_dir, method: str, precision: str, batch: int, seq: int,
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq))
     return saved_tensor_bytes(model, ids, fused_lm_head=loss == "chunked")
+
+
+def gradients_with_optimizer_in_backward(model_dir, method: str, precision: str, lora_r: int = 8) -> dict[str, int]:
+    """One real backward with the optimizer step fused into it (torchtune's optimizer_in_bwd): every trainable
+    parameter has its own AdamW, stepped by a post-accumulate-grad hook that then frees the gradient.
+
+    Returns the peak bytes of gradients alive at once (read in every hook, before the free) and the optimizer
+    states after the step.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if method != "full":
+        model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizers = {p: torch.optim.AdamW([p], lr=1e-3) for p in trainable}
+    peak = 0
+
+    def step_and_free(param):
+        nonlocal peak
+        peak = max(peak, tensor_bytes(p.grad for p in trainable if p.grad is not None))
+        optimizers[param].step()
+        param.grad = None
+
+    for param in trainable:
+        param.register_post_accumulate_grad_hook(step_and_free)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    states = [v for opt in optimizers.values() for state in opt.state.values() for v in state.values()]
+    return {"gradients": peak, "optimizer_states": tensor_bytes(v for v in states if torch.is_tensor(v)),
+            "gradients_left": sum(p.grad is not None for p in trainable)}

@@ -35,7 +35,7 @@ have exact parameter counts but no activation estimate (NotYetSupported).
   term is empirical).
 * The LM-head/loss buffers of TRL's chunked log-prob head count its tile temporaries: one fp32 tile on CUDA
   (Triton kernel), four in forward and six in backward on CPU (torch fallback), read from the code, not measured.
-* The peak is the largest of three moments of a step (loss computed, end of backward, optimizer step); kernels'
+* The peak is the largest of the moments of a step (loss computed, end of backward, optimizer step, evaluation); kernels'
   temporary workspaces beyond the logits buffers are not modelled.
 * Sharding (ZeRO/FSDP) divides the model states by the number of GPUs and adds all-gather buffers of two layers;
   DDP adds a gradient-bucket copy. These follow DeepSpeed's own estimators, not measurements.
@@ -44,6 +44,32 @@ have exact parameter counts but no activation estimate (NotYetSupported).
   1e5 values (``Optimizer8bit.get_state_buffer``) with ``cudaMallocManaged``, outside torch's caching allocator.
   They are reported as ``outside_allocator``: in the device-used meter (what nvidia-smi shows while they are
   resident), not in the allocated/reserved meters; under memory pressure the driver pages them to host memory.
+
+Memory savers and LoRA details
+==============================
+Each term follows how the framework allocates; the tested ones are checked on real tensors on CPU.
+
+* ``optimizer_in_backward`` (torchtune ``optimizer_in_bwd``): one optimizer per parameter, stepped by a
+  post-accumulate-grad hook that frees the gradient, so only the largest gradient is alive at once, plus one
+  parameter's update temporaries; there is no optimizer-step phase. **Exact** (tests/estimate/test_exact_parts.py:
+  peak of live gradients and the states, full and LoRA, fp32 and bf16).
+* ``lora_modules_to_save`` (PEFT ``ModulesToSaveWrapper``): a trainable copy of each named module in the weights'
+  dtype, with its gradient and optimizer states; the frozen original stays. A tied ``lm_head`` is copied untied.
+  **Exact** (same test file, tied and untied models).
+* LoRA fp32 adapters, their gradients and AdamW states, and the dropout masks: **exact**/**modelled** as above.
+* ``activation_offload`` (torchtune ``OffloadActivations``): saved tensors go to pinned host memory; the current
+  layer and one prefetched layer stay on the GPU. The moved bytes are ``activations_offloaded`` (host memory).
+  Documented formula (the mechanism needs a GPU).
+* ``loss``: ``liger`` (liger_kernel ``fused_linear_cross_entropy``: token chunks of
+  next_pow2(b·s / ceil(V/h)) × V in the compute dtype plus an fp32 copy; the hidden-state gradient b·s·h is made in
+  forward and saved) and ``cce`` (Cut Cross-Entropy: logits only in on-chip blocks; saves the head input and the
+  fp32 log-sum-exp; the hidden-state gradient in backward). Read from their code, not measured (both need Triton
+  on a GPU). ``plain`` is ``full_logits``.
+* ``compile``: the min-cut partitioner recomputes pointwise ops in backward; the gated MLP keeps the gate and up
+  outputs (2 × b·s·I) instead of 3–4 intermediates. Approximate; other fusions are not modelled.
+* ``eval_batch_size``: an evaluation forward under no_grad after the gradients are freed (set_to_none): one
+  layer's intermediates and the LM-head buffers of the evaluation batch, as its own phase. Approximate.
+* The dequantized weight of the layer being recomputed (QLoRA) is ``workspace``: one linear at a time.
 
 Three meters
 ============
@@ -69,7 +95,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fnsft.errors import EstimateError
 from fnsft.estimate.arch import LLAMA_LIKE, LinearLayer, ModelShape
@@ -119,18 +145,43 @@ class EstimateInput(BaseModel):
         False, description="PEFT prepare_model_for_kbit_training casts every unquantized weight to fp32 (TRL does not)."
     )
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
-    loss: Literal["chunked", "full_logits"] = Field(
+    loss: Literal["chunked", "full_logits", "liger", "cce"] = Field(
         "chunked", description="chunked: TRL's fused LM head (SFTTrainer default) computes log-probs in tiles of "
-        "4096 tokens × 32768 vocab without the b·s·V logits; full_logits: the model's own loss (logits + fp32 "
-        "log-softmax)."
+        "4096 tokens × 32768 vocab without the b·s·V logits; full_logits (alias plain): the model's own loss "
+        "(logits + fp32 log-softmax); liger: Liger's fused linear cross-entropy (token chunks, gradients computed "
+        "in forward); cce: Cut Cross-Entropy (logits only in on-chip blocks)."
     )
+    optimizer_in_backward: bool = Field(
+        False, description="Step each parameter as soon as its gradient is accumulated and free the gradient "
+        "(torchtune optimizer_in_bwd): one gradient alive at a time. Needs gradient_accumulation_steps 1."
+    )
+    activation_offload: bool = Field(
+        False, description="Move saved activations (checkpoints) to pinned CPU memory, prefetching one layer ahead."
+    )
+    compile: bool = Field(False, description="torch.compile: the partitioner recomputes cheap pointwise ops in backward.")
+    lora_modules_to_save: list[str] = Field(
+        default_factory=list, description="PEFT modules_to_save (e.g. embed_tokens, lm_head): fully trained copies."
+    )
+    eval_batch_size: int | None = Field(None, gt=0, description="Evaluation micro-batch (None: no evaluation).")
     num_gpus: int = Field(1, gt=0)
     sharding: Sharding = "none"
     offload: Literal["none", "optimizer", "params"] = "none"
     device: Literal["cuda", "cpu"] = "cuda"
 
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _plain_is_full_logits(cls, value: object) -> object:
+        return "full_logits" if value == "plain" else value
+
     @model_validator(mode="after")
     def _check(self) -> EstimateInput:
+        if self.optimizer_in_backward and self.gradient_accumulation_steps > 1:
+            raise ValueError("optimizer_in_backward frees each gradient after its update: it needs "
+                             "gradient_accumulation_steps 1")
+        if self.optimizer_in_backward and self.sharding != "none":
+            raise ValueError("optimizer_in_backward is estimated for one process (sharding none)")
+        if self.lora_modules_to_save and self.method == "full":
+            raise ValueError("lora_modules_to_save is for LoRA/QLoRA (full fine-tuning trains every module)")
         if self.method == "qlora" and self.precision.startswith("fp32"):
             raise ValueError("qlora needs a 16-bit compute dtype (precision bf16 or fp16)")
         return self
@@ -182,6 +233,8 @@ class Breakdown(BaseModel):
     total: int = Field(description="The predicted peak on the fit meter (device_used).")
     peak_phase: str
     cpu_offloaded: int = Field(0, description="Bytes moved to host memory by --offload (not in total).")
+    evaluation: int = Field(0, description="Evaluation forward (no grad): one layer's intermediates + LM-head buffers.")
+    activations_offloaded: int = Field(0, description="Of cpu_offloaded: saved activations moved to host memory.")
     warnings: list[str] = Field(default_factory=list, description="Things to check that do not stop the estimate.")
 
 
@@ -253,6 +306,23 @@ def _trainable(inp: EstimateInput) -> tuple[list[int], int]:
     return _lora_tensor_sizes(inp), 2 if inp.method == "qlora" else 4
 
 
+#: modules_to_save names → the ModelShape's outside-the-blocks tensor.
+_SAVED_MODULES = {"embed_tokens": "embed_tokens", "embed_in": "embed_tokens", "wte": "embed_tokens",
+                  "lm_head": "lm_head", "embed_out": "lm_head"}
+
+
+def modules_to_save_sizes(inp: EstimateInput) -> list[int]:
+    """Sizes of the trainable copies PEFT's ModulesToSaveWrapper makes (the original stays, frozen)."""
+    sizes = []
+    for name in inp.lora_modules_to_save:
+        key = _SAVED_MODULES.get(name)
+        if key is None:
+            raise EstimateError(f"lora_modules_to_save: '{name}' is not costed (supported: {', '.join(_SAVED_MODULES)})")
+        outside = inp.model.outside_params
+        sizes.append(outside.get(key, outside["embed_tokens"]))  # a tied lm_head is copied untied
+    return sizes
+
+
 def optimizer_state_bytes(optimizer: str, sizes: list[int], value_bytes: int) -> int:
     """Bytes of optimizer state after the first step for trainable tensors of the given sizes."""
     if optimizer in ("adamw", "adamw_torch", "adamw_torch_fused"):
@@ -320,7 +390,8 @@ def layer_activation_bytes(inp: EstimateInput, first_layer: bool = False) -> int
         heads = m.num_heads + m.num_kv_heads
         saved += 4 * tokens * heads * (m.head_dim + 1) + (dtype * tokens * heads * m.head_dim if full else 0)
     if m.gated_mlp:
-        saved += (4 if full else 3) * dtype * tokens * m.intermediate_size * max(m.experts_per_token, 1)
+        kept = 2 if inp.compile else (4 if full else 3)  # compiled: gate and up outputs; SiLU/product recomputed
+        saved += kept * dtype * tokens * m.intermediate_size * max(m.experts_per_token, 1)
     else:
         saved += 2 * dtype * tokens * m.intermediate_size
     if full and inp.precision.endswith("mixed"):
@@ -361,7 +432,12 @@ def activation_parts(inp: EstimateInput, checkpointing: bool) -> ActivationParts
     # cos/sin of the rotary embedding, saved once by the first layer's q/k multiply (inside the recompute with checkpointing)
     rotary = 2 * dtype * inp.seq_len * m.head_dim if m.model_type in LLAMA_LIKE and not checkpointing else 0
     embedding = 8 * tokens if full else 0  # token ids kept for the embedding gradient
-    if inp.loss == "chunked":
+    if inp.loss in ("liger", "cce"):
+        # liger: the hidden-state gradient computed in forward (b·s·h) + int64 targets; cce: the head input,
+        # targets and the fp32 log-sum-exp per token (backward recomputes logits block by block)
+        final_norm = _norm(inp, dtype, full, output_saved=True)
+        log_probs, head = 0, tokens * (dtype * m.hidden_size + 8 + (4 if inp.loss == "cce" else 0))
+    elif inp.loss == "chunked":
         # the shifted hidden states (a copy), int64 targets, fp32 log-normaliser and entropy
         scored = inp.batch_size * (inp.seq_len - 1)
         final_norm = _norm(inp, dtype, full, output_saved=False)
@@ -382,12 +458,19 @@ def logits_transient_bytes(inp: EstimateInput) -> int:
         # forward: logits (+ fp32 upcast); backward: two fp32 b·s·V gradients next to the saved log-probs
         values = inp.tokens * m.vocab_size
         return max(dtype * values + (4 * values if dtype != 4 else 0), 8 * values)
+    head_trainable = inp.method == "full" or "lm_head" in inp.lora_modules_to_save
+    head_grad = 4 * m.vocab_size * m.hidden_size if head_trainable else 0
+    if inp.loss == "liger":
+        # liger_kernel fused_linear_cross_entropy: token chunks of next_pow2(b·s / ceil(V / h)); per chunk the
+        # logits (compute dtype) are turned into their gradient in place, with an fp32 copy for the loss
+        chunk = 1 << max(math.ceil(inp.tokens / math.ceil(m.vocab_size / m.hidden_size)) - 1, 0).bit_length()
+        return min(chunk, inp.tokens) * m.vocab_size * (dtype + 4) + head_grad
+    if inp.loss == "cce":
+        return dtype * inp.tokens * m.hidden_size + head_grad  # the hidden-state gradient; logits stay on chip
     scored = inp.batch_size * (inp.seq_len - 1)
     tile = min(scored, TOKEN_TILE) * min(m.vocab_size, VOCAB_TILE)
     forward_temps, backward_temps = TILE_TEMPORARIES[inp.device]
-    head_trainable = inp.method == "full"
-    backward = (dtype * tile + 4 * tile * backward_temps + 4 * scored * m.hidden_size
-                + (4 * m.vocab_size * m.hidden_size if head_trainable else 0))
+    backward = dtype * tile + 4 * tile * backward_temps + 4 * scored * m.hidden_size + head_grad
     return max(dtype * tile + 4 * tile * forward_temps, backward)
 
 
@@ -422,18 +505,33 @@ def estimate(inp: EstimateInput) -> Breakdown:
                         "needs RoPE scaling (rope_scaling) to be trained that long; memory is estimated as asked")
     weights, quantized, constants, unquantized = _weights(inp)
     sizes, value_bytes = _trainable(inp)
-    trainable = sum(sizes)
-    adapter = 0 if inp.method == "full" else trainable * value_bytes
-    gradients = trainable * value_bytes
-    optimizer = optimizer_state_bytes(inp.optimizer, sizes, value_bytes)
+    # modules_to_save copies are trained in the weights' dtype next to the (fp32/bf16) adapters
+    saved_sizes, saved_bytes = modules_to_save_sizes(inp), 4 if inp.qlora_fp32_non_quantized else inp.weight_bytes
+    trainable = sum(sizes) + sum(saved_sizes)
+    adapter = 0 if inp.method == "full" else sum(sizes) * value_bytes + sum(saved_sizes) * saved_bytes
+    gradients = sum(sizes) * value_bytes + sum(saved_sizes) * saved_bytes
+    optimizer = (optimizer_state_bytes(inp.optimizer, sizes, value_bytes)
+                 + optimizer_state_bytes(inp.optimizer, saved_sizes, saved_bytes))
+    largest_gradient = max([n * value_bytes for n in sizes] + [n * saved_bytes for n in saved_sizes], default=0)
+    if inp.optimizer_in_backward:
+        gradients = largest_gradient  # each gradient is stepped and freed as soon as it is accumulated
     with_gc, without_gc = activation_parts(inp, True), activation_parts(inp, False)
     activations = with_gc.total if inp.gradient_checkpointing else without_gc.total
+    activations_offloaded = 0
+    if inp.activation_offload:
+        # saved tensors go to pinned host memory layer by layer; the current and the prefetched layer stay
+        in_layers = (with_gc if inp.gradient_checkpointing else without_gc).in_layers
+        kept = in_layers * min(2, model.num_layers) // model.num_layers
+        activations_offloaded = in_layers - kept
+        activations -= activations_offloaded
     recompute = with_gc.recompute if inp.gradient_checkpointing else 0
     log_probs = without_gc.log_probs
     dtype = inp.compute_bytes
     logits_transient = logits_transient_bytes(inp)
     # foreach AdamW keeps one state-sized temporary; fused and 8-bit kernels update in place
     optimizer_transient = trainable * value_bytes if inp.optimizer in ("adamw", "adamw_torch") and inp.device == "cuda" else 0
+    if inp.optimizer_in_backward:
+        optimizer_transient = largest_gradient  # one parameter's update temporaries, inside backward
 
     workspace = 0
     if inp.method == "qlora":
@@ -456,8 +554,10 @@ def estimate(inp: EstimateInput) -> Breakdown:
         communication = gradients  # gradient buckets
     if inp.offload == "optimizer" and inp.sharding == "none":
         cpu_offloaded, optimizer = optimizer, 0
+    cpu_offloaded += activations_offloaded
 
-    outside = paged_state_bytes(inp.optimizer, sizes) if inp.device == "cuda" and not cpu_offloaded else 0
+    paged = inp.device == "cuda" and inp.offload == "none"
+    outside = paged_state_bytes(inp.optimizer, sizes) + paged_state_bytes(inp.optimizer, saved_sizes) if paged else 0
     if inp.sharding in ("zero1", "zero2", "zero3", "fsdp"):
         outside //= n
     static = weights + adapter + optimizer - outside
@@ -468,6 +568,16 @@ def estimate(inp: EstimateInput) -> Breakdown:
         "backward": recompute + workspace + max(activations - log_probs, gradients),
         "optimizer step": gradients + optimizer_transient,
     }
+    if inp.optimizer_in_backward:  # no step phase: each update (and its temporaries) happens inside backward
+        del phases["optimizer step"]
+        phases["backward"] = recompute + workspace + activations - log_probs + gradients + optimizer_transient
+    evaluation = 0
+    if inp.eval_batch_size:
+        # no_grad forward (gradients are freed, set_to_none, before evaluation): one layer's intermediates at a time
+        # and the LM-head buffers of the evaluation batch
+        at_eval = inp.model_copy(update={"batch_size": inp.eval_batch_size, "gradient_checkpointing": False})
+        evaluation = layer_activation_bytes(at_eval) + logits_transient_bytes(at_eval)
+        phases["evaluation"] = evaluation
     phase, dynamic = max(phases.items(), key=lambda item: item[1])
     allocated = static + dynamic + communication
     if inp.device == "cuda":
@@ -489,5 +599,5 @@ def estimate(inp: EstimateInput) -> Breakdown:
         workspace=workspace, communication=communication, outside_allocator=outside, fragmentation=fragmentation,
         context=context, overhead=fragmentation + context, allocated=allocated, reserved=reserved,
         device_used=device_used, total=device_used, peak_phase=phase, cpu_offloaded=cpu_offloaded,
-        warnings=warnings,
+        evaluation=evaluation, activations_offloaded=activations_offloaded, warnings=warnings,
     )

@@ -90,16 +90,20 @@ def render(report: dict[str, Any]):
     rows = [
         ("weights", numbers["weights"], params),
         ("trainable (adapter)", numbers["adapter"], f"{model['trainable_params']:,} trainable params"),
-        ("gradients", numbers["gradients"], ""),
+        ("gradients", numbers["gradients"], "the largest one only: optimizer step in backward"
+         if inp["optimizer_in_backward"] else ""),
         ("optimizer states", numbers["optimizer_states"], inp["optimizer"]),
         ("activations", numbers["activations"],
-         f"checkpointing {gc}, {inp['attention']} attention; without checkpointing "
+         f"checkpointing {gc}, {inp['attention']} attention, {inp['loss']} loss"
+         + (", offloaded to CPU" if inp["activation_offload"] else "") + (", compiled" if inp["compile"] else "")
+         + "; without checkpointing "
          f"{_gib(numbers['activations_without_checkpointing'])}, with {_gib(numbers['activations_with_checkpointing'])}"),
         ("  of which log-probs", numbers["logits_saved"], "fp32 batch × seq × vocab, kept for the loss"),
         ("logits/loss buffers", numbers["logits_transient"], "logits, fp32 upcast and loss gradients (transient)"),
         ("recompute", numbers["recompute"], "one layer rebuilt in backward"),
         ("optimizer/dequant temporaries", numbers["optimizer_transient"] + numbers["workspace"], ""),
         ("communication buffers", numbers["communication"], ""),
+        ("evaluation forward", numbers["evaluation"], f"batch {inp['eval_batch_size']}, no grad: one layer + LM head"),
     ]
     for name, value, note in rows:
         if value or name in ("weights", "gradients", "optimizer states", "activations"):

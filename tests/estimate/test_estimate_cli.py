@@ -126,3 +126,19 @@ def test_config_flag_reads_any_config_json(tmp_path):
     assert report["model"]["source"] == "config" and report["model"]["total_params"] == 70_426_624  # = pythia-70m
     both = runner.invoke(app, ["estimate", "--config", str(config), "--model", "gpt2"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_memory_saver_flags_reach_the_estimate():
+    base = ["estimate", "--model", "meta-llama/Llama-3.1-8B", "--method", "full", "--batch-size", "1", "--json"]
+    plain = json.loads(runner.invoke(app, [*base, "--loss", "plain"]).stdout)
+    saver = runner.invoke(app, [*base, "--optimizer-in-backward", "--loss", "liger", "--activation-offload",
+                                "--compile", "--eval-batch-size", "2"])
+    assert saver.exit_code == 0, saver.output
+    saved = json.loads(saver.stdout)
+    assert plain["input"]["loss"] == "full_logits"
+    assert saved["input"]["optimizer_in_backward"] and saved["input"]["loss"] == "liger"
+    assert saved["bytes"]["gradients"] == 2 * 128256 * 4096  # the largest gradient: the embedding (bf16)
+    assert saved["bytes"]["activations_offloaded"] > 0 and saved["bytes"]["evaluation"] > 0
+    assert saved["meters"]["device_used"] < plain["meters"]["device_used"]
+    accumulate = runner.invoke(app, [*base, "--optimizer-in-backward", "--gradient-accumulation-steps", "4"])
+    assert accumulate.exit_code == 2 and "gradient_accumulation_steps 1" in accumulate.output

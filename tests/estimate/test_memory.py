@@ -137,3 +137,21 @@ def test_cpu_meters_are_tensors_and_rss():
     result = estimate(build_input(model="HuggingFaceTB/SmolLM2-135M", method="lora", device="cpu", precision="fp32"))
     assert result.allocated == result.reserved and result.outside_allocator == 0
     assert result.device_used == result.allocated + result.context == result.total
+
+
+def test_loss_variants_never_hold_the_full_logits():
+    """liger (token chunks) and cce (on-chip blocks) keep far less than b·s·V; plain keeps the fp32 log-softmax."""
+    base = dict(model="google/gemma-2-2b", method="lora", batch_size=8, seq_len=4096)
+    plain = estimate(build_input(**base, loss="plain"))
+    for loss in ("liger", "cce", "chunked"):
+        result = estimate(build_input(**base, loss=loss))
+        assert result.logits_saved == 0 and result.logits_transient < plain.logits_transient / 10, loss
+
+
+def test_activation_offload_keeps_two_layers_on_the_gpu():
+    base = dict(model="meta-llama/Llama-3.1-8B", method="lora", batch_size=4, seq_len=2048)
+    kept, offloaded = estimate(build_input(**base)), estimate(build_input(**base, activation_offload=True))
+    checkpoints = 32 * 2 * 4 * 2048 * 4096  # one bf16 layer input per layer
+    assert offloaded.activations_offloaded == checkpoints - checkpoints * 2 // 32
+    assert kept.activations - offloaded.activations == offloaded.activations_offloaded
+    assert offloaded.cpu_offloaded == offloaded.activations_offloaded
