@@ -117,7 +117,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     mask = _attach_mask(trainer, recipe, source.identity, tokenizer, run)  # after PEFT wrapping: covers LoRA B too
     _preflight(recipe, run, trainer, data, precision)
     metrics, probe = _before_training(recipe, run, trainer, tokenizer, data, checkpoint)
-    train_output = _train(trainer, run, checkpoint, progress, preemption)
+    train_output = _train(recipe, trainer, run, checkpoint, progress, preemption)
     _after_training(recipe, trainer, tokenizer, data, probe, train_output, metrics)
     target = run.adapter if recipe.method.is_peft else run.model
     if mask is not None:
@@ -191,11 +191,10 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
 
     from fnsft.train.build import lora_config, sft_config
     from fnsft.train.callbacks import RichProgressCallback
+    from fnsft.train.order import longest_batch_first_trainer
     from fnsft.train.signals import CompletionMarkerCallback
 
     progress = RichProgressCallback()
-    from fnsft.train.order import longest_batch_first_trainer
-
     trainer_class = longest_batch_first_trainer() if recipe.training.longest_batch_first else SFTTrainer
     trainer = trainer_class(
         model=model,
@@ -243,8 +242,11 @@ def _before_training(recipe: Recipe, run: RunDir, trainer: Any, tokenizer: Any, 
     return metrics, probe
 
 
-def _train(trainer: Any, run: RunDir, checkpoint: Path | None, progress: Any, preemption: Any) -> Any:
-    """trainer.train(); a SIGTERM/SIGINT during it ends here as TrainingInterrupted, after its checkpoint."""
+def _train(recipe: Recipe, trainer: Any, run: RunDir, checkpoint: Path | None, progress: Any, preemption: Any) -> Any:
+    """trainer.train(); a SIGTERM/SIGINT during it ends here as TrainingInterrupted, after its checkpoint; a CUDA
+    out-of-memory as a TrainError with the estimate's breakdown and what makes it fit."""
+    import torch
+
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.OutOfMemoryError as exc:
