@@ -35,14 +35,29 @@ def migrate_config(
     diff: bool = typer.Option(False, "--diff", help="Print a unified diff instead of writing a file."),
     in_place: bool = typer.Option(False, "--in-place", help="Overwrite RECIPE itself (atomically)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    from_tool: str | None = typer.Option(None, "--from", help="Convert another tool's config: auto, axolotl, "
+                                         "llama-factory, torchtune or trl (auto is the default for a file that is "
+                                         "not an fnsft recipe)."),
+    report: bool = typer.Option(False, "--report", help="With --from: print the key-by-key table (source key, "
+                                "value, fnsft key, status, note)."),
 ) -> None:
-    """Convert a recipe between PEFT (LoRA/QLoRA) and full fine-tuning, or upgrade its schema version.
+    """Convert a recipe between PEFT (LoRA/QLoRA) and full fine-tuning, upgrade its schema version, or turn an
+    axolotl / LLaMA-Factory / torchtune / TRL config into an fnsft recipe.
 
     Every changed line gets a comment saying what it was and why; your own comments and key order are kept.
     """
     from fnsft.errors import RecipeError
     from fnsft.migrate.files import default_output_path, migrate_file, upgrade_file
     from fnsft.migrate.rules import AlreadyMigrated
+
+    if from_tool is not None or (to is None and not upgrade and _is_foreign(recipe)):
+        if to is not None or upgrade or diff or in_place or num_gpus is not None or gpu_memory or gpu:
+            raise RecipeError("--from converts another tool's config and takes only -o, --force and --report; "
+                              "migrate the recipe it writes with a second migrate-config")
+        _convert_foreign(recipe, from_tool or "auto", output, force=force, report=report)
+        return
+    if report:
+        raise RecipeError("--report goes with --from (another tool's config)")
 
     if to is None and not upgrade:
         raise RecipeError("say what to do: --to full|peft|qlora, or --upgrade (see `fnsft migrate-config --help`)")
@@ -83,6 +98,47 @@ def migrate_config(
         out.print(f"estimated peak {result.peak_bytes / GiB:.1f} GiB per GPU (budget {budget[0] / GiB:.1f} GiB, "
                   f"{budget[1]})", highlight=False)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
+
+
+def _is_foreign(path: Path) -> bool:
+    from fnsft.recipe import foreign
+
+    return path.is_file() and foreign.detect_tool(foreign.read_config(path)) is not None
+
+
+def _convert_foreign(source: Path, tool: str, output: Path | None, *, force: bool, report: bool) -> None:
+    from fnsft.console import out
+    from fnsft.recipe import foreign
+
+    target = output or source.with_name(f"{source.stem}-fnsft.yaml")
+    words = ["fnsft", "migrate-config", str(source), "--from", tool] + (["-o", str(output)] if output else [])
+    result = foreign.convert_file(source, tool, command=shlex.join(words), output=target)
+    if result.detected:
+        out.print(f"{source}: read as a config of {result.tool} (from its keys; say --from to choose)", highlight=False)
+    if report:
+        _print_foreign_report(result)
+    _write(source, target, result.text, in_place=False, force=force)
+    counts = ", ".join(f"{result.count(status)} {status.value}" for status in foreign.Status)
+    out.print(f"{len(result.rows)} keys: {counts}", highlight=False)
+    out.print(f"wrote [bold]{target}[/]  (run it: fnsft train {target})", highlight=False)
+
+
+def _print_foreign_report(result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fnsft.console import out
+    from fnsft.recipe.foreign import Status, format_source
+
+    table = Table(title=f"{result.tool} → fnsft", title_justify="left")
+    for column in ("source key", "value", "fnsft key", "status", "note"):
+        table.add_column(column, overflow="fold")
+    styles = {Status.UNSUPPORTED: "yellow", Status.APPROXIMATED: "cyan", Status.UNSET: "dim"}
+    for row in result.rows:
+        value = "" if row.value is None else format_source(row.value)
+        table.add_row(*(escape(cell) for cell in (row.source, value, row.target or "-", row.status.value, row.note)),
+                      style=styles.get(row.status))
+    out.print(table)
 
 
 def _gpu_budget(gpu_memory: str | None, gpu: str | None) -> tuple[int, str] | None:

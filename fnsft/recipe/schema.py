@@ -125,6 +125,9 @@ class TrainingSection(Section):
     warmup_ratio: float | None = Field(
         None, ge=0, lt=1, description=f"Fraction of steps spent warming up. {_method_default('warmup_ratio')}"
     )
+    warmup_steps: PositiveInt | None = Field(
+        None, description="Warmup in optimizer steps; when set it replaces warmup_ratio."
+    )
     weight_decay: NonNegativeFloat | None = Field(
         None, description=f"AdamW weight decay. {_method_default('weight_decay')}"
     )

@@ -100,7 +100,8 @@ def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: 
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         learning_rate=training.learning_rate,
         lr_scheduler_type=training.lr_scheduler_type,
-        warmup_steps=training.warmup_ratio,  # transformers 5: a value < 1 is a ratio of the total steps
+        # transformers 5: a warmup_steps value < 1 is a ratio of the total steps
+        warmup_steps=training.warmup_steps if training.warmup_steps is not None else training.warmup_ratio,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
         optim=optimizer,
