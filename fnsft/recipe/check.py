@@ -144,6 +144,13 @@ RULES: tuple[Rule, ...] = (
         }[_strategy(r)],
     ),
     Rule(
+        "warmup in steps replaces the ratio",
+        ("training.warmup_ratio", "training.warmup_steps"),
+        lambda r, _: r.training.warmup_steps is not None and r.training.warmup_ratio is not None,
+        lambda r, _: "training.warmup_ratio is ignored: training.warmup_steps is set (warmup is counted in steps).",
+        error=False,
+    ),
+    Rule(
         "launch settings need several processes",
         tuple(f"distributed.{name}" for name in LAUNCH_ONLY),
         lambda r, world: world == 1 and bool(changed(r.distributed, _DISTRIBUTED_DEFAULT, LAUNCH_ONLY)),

@@ -211,7 +211,8 @@ class Recipe(Section):
     def resolved(self) -> Recipe:
         """A copy with every method-dependent default filled in (what actually runs)."""
         defaults = METHOD_DEFAULTS[self.method.name]
-        filled = {key: value for key, value in defaults.items() if getattr(self.training, key) is None}
+        filled = {key: value for key, value in defaults.items() if getattr(self.training, key) is None
+                  and not (key == "warmup_ratio" and self.training.warmup_steps is not None)}
         return self.model_copy(update={"training": self.training.model_copy(update=filled)})
 
     def to_dict(self) -> dict[str, Any]:

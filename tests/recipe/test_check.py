@@ -101,6 +101,7 @@ REACHES: dict[str, tuple[str, str, Any]] = {
     "training.learning_rate": ("sft", "learning_rate", 1e-3),
     "training.lr_scheduler_type": ("sft", "lr_scheduler_type", "linear"),
     "training.warmup_ratio": ("sft", "warmup_steps", 0.5),
+    "training.warmup_steps": ("sft", "warmup_steps", 7),
     "training.weight_decay": ("sft", "weight_decay", 0.5),
     "training.max_grad_norm": ("sft", "max_grad_norm", 0.5),
     "training.optimizer": ("sft", "optim", "sgd"),
@@ -201,6 +202,7 @@ EXAMPLES: dict[str, tuple[dict[str, Any], int]] = {
     "offload goes in your own accelerate config": (
         {"distributed": {"accelerate_config": "x.yaml", "offload": "params"}}, 2),
     "the strategy must be able to offload": ({"distributed": {"strategy": "zero2", "offload": "params"}}, 2),
+    "warmup in steps replaces the ratio": ({"training": {"warmup_steps": 10, "warmup_ratio": 0.1}}, 1),
     "launch settings need several processes": ({"distributed": {"offload": "params"}}, 1),
     "the rendezvous address is for several machines": ({"distributed": {"master_addr": "10.0.0.2"}}, 2),
     "evaluation settings need held-out data": ({"data": {"validation_fraction": 0}, "training": {"eval_steps": 5}}, 1),

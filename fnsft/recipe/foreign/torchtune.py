@@ -216,8 +216,6 @@ def _scheduler(conv: Conversion) -> None:
         conv.put("training.lr_scheduler_type", kind, key="lr_scheduler._component_", source_value=component)
     if warmup not in (MISSING, None):
         conv.put("training.warmup_steps", int(warmup), key="lr_scheduler.num_warmup_steps")
-        conv.values["training.warmup_ratio"] = 0.0
-        conv.comments["training.warmup_ratio"] = "warmup given in steps (training.warmup_steps)"
     conv.unsupported("lr_scheduler.num_cycles", "fnsft's cosine is one half-cycle")
 
 
