@@ -108,6 +108,10 @@ def train(
     nproc: int | None = typer.Option(
         None, "--nproc", help="Processes per node (GPUs): launches through accelerate with the recipe's distributed strategy."
     ),
+    nnodes: int | None = typer.Option(None, "--nnodes", help="Machines in the run (distributed.num_nodes); start one fnsft train on each."),
+    node_rank: int | None = typer.Option(None, "--node-rank", help="This machine's index, 0 to nnodes-1 (distributed.node_rank)."),
+    master_addr: str | None = typer.Option(None, "--master-addr", help="Address of node 0, where the nodes meet (distributed.master_addr)."),
+    master_port: int | None = typer.Option(None, "--master-port", help="Port on node 0 for the rendezvous (distributed.master_port)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and validate everything, load no weights.", metavar=""),
     probe: bool = typer.Option(
         False, "--probe", metavar="",
@@ -120,7 +124,9 @@ def train(
 
     flags = {name: (value or None) if name in METHOD_FLAGS else value for name, value in guide_flags.items()}
     flags["lora_target_modules"] = _modules(flags.get("lora_target_modules"))
-    resolved = load_recipe(recipe, flags=flags, sets=set_).resolved()
+    placement = {"num_nodes": nnodes, "node_rank": node_rank, "master_addr": master_addr, "master_port": master_port}
+    sets = [*set_, *(f"distributed.{key}={value}" for key, value in placement.items() if value is not None)]
+    resolved = load_recipe(recipe, flags=flags, sets=sets).resolved()
     if dry_run:
         from fnsft.train.launch import world_size
         from fnsft.train.plan import dry_run as run_dry

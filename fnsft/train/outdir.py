@@ -117,6 +117,10 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changed
 
 
+#: Where this process runs, not what the run trains: every node of a multi-node run differs here.
+PLACEMENT_KEYS = ("distributed.node_rank", "distributed.master_addr", "distributed.master_port")
+
+
 def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path | None:
     """Check the directory may hold this run; return the checkpoint to resume from (or None)."""
     root = run.root
@@ -127,7 +131,7 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
         if not run.recipe.is_file():
             raise TrainError(f"{root}: output directory is not empty and holds no fnsft run; choose another output.dir")
         previous = load_recipe(run.recipe).resolved()
-        changed = _differences(previous.to_dict(), recipe.to_dict())
+        changed = [key for key in _differences(previous.to_dict(), recipe.to_dict()) if key not in PLACEMENT_KEYS]
         if changed:
             raise TrainError(
                 f"{root}: holds a different run (recipe differs in {', '.join(changed[:5])}). "

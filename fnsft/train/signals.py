@@ -7,6 +7,7 @@ The faults that test these paths are injected from the test suite (tests/train/f
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ class PreemptionCallback(TrainerCallback):
         self.signum: int | None = None
         self.training = False
         self._previous: dict[int, Any] = {}
+        self._timing = SaveTiming()
 
     @contextmanager
     def installed(self) -> Iterator[PreemptionCallback]:
@@ -69,13 +71,14 @@ class PreemptionCallback(TrainerCallback):
             )
         self.signum = signum
         err.print(
-            f"\n[yellow]{name} received:[/] saving a checkpoint at the end of this step, then stopping "
-            "(a second signal stops at once).",
+            f"\n[yellow]{name} received:[/] saving a checkpoint at the end of this step, then stopping; "
+            f"{self._timing.expectation()} (a second signal stops at once).",
             highlight=False,
         )
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.training = True
+        self._timing.sized_for(model)
         return control
 
     def _stop_and_save(self, control: Any) -> Any:
@@ -83,17 +86,88 @@ class PreemptionCallback(TrainerCallback):
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # the checkpoint first: an evaluation due now would only delay it
+            self._timing.save_started()
+        return control
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._timing.step_started()
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._timing.step_ended()
+        if control.should_save and not control.should_evaluate:  # an evaluation first would blur the write speed
+            self._timing.save_started()
         return self._stop_and_save(control)
 
     def on_evaluate(self, args, state, control, **kwargs):
         return self._stop_and_save(control)
 
+    def on_save(self, args, state, control, **kwargs):
+        took = self._timing.save_ended(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if self.signum is not None and took is not None and args.should_save:
+            from fnsft.console import err
+
+            err.print(f"checkpoint-{state.global_step} written in {took:.1f} s", highlight=False)
+        return control
+
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+class SaveTiming:
+    """What a stop costs: the last step's duration and the last checkpoint's write speed, for the log line that
+    tells an orchestrator's grace period (docker stop -t, terminationGracePeriodSeconds) how long to wait."""
+
+    #: The write speed assumed before this run has written a checkpoint (a slow network disk).
+    ASSUMED_BYTES_PER_S = 100 * 2**20
+
+    def __init__(self) -> None:
+        self.checkpoint_bytes = 0
+        self.bytes_per_s: float | None = None
+        self.step_s: float | None = None
+        self._step_start: float | None = None
+        self._save_start: float | None = None
+
+    def sized_for(self, model: Any) -> None:
+        """Predict the first checkpoint's size: the saved weights plus AdamW's two fp32 moments per trainable."""
+        if model is None:
+            return
+        params = list(model.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        saved = trainable if len(trainable) < len(params) else params  # PEFT saves the adapter only
+        self.checkpoint_bytes = sum(p.numel() * p.element_size() for p in saved) + 8 * sum(p.numel() for p in trainable)
+
+    def step_started(self) -> None:
+        self._step_start = time.monotonic()
+
+    def step_ended(self) -> None:
+        if self._step_start is not None:
+            self.step_s = time.monotonic() - self._step_start
+
+    def save_started(self) -> None:
+        self._save_start = time.monotonic()
+
+    def save_ended(self, checkpoint: Path) -> float | None:
+        """Record how fast checkpoint-N was written; returns the seconds it took."""
+        if self._save_start is None:
+            return None
+        took = time.monotonic() - self._save_start
+        self._save_start = None
+        if checkpoint.is_dir():
+            self.checkpoint_bytes = sum(f.stat().st_size for f in checkpoint.iterdir() if f.is_file())
+            self.bytes_per_s = self.checkpoint_bytes / max(took, 1e-3)
+        return took
+
+    def expectation(self) -> str:
+        speed = self.bytes_per_s or self.ASSUMED_BYTES_PER_S
+        write_s = self.checkpoint_bytes / speed
+        total = write_s + (self.step_s or 0.0)
+        basis = "the last checkpoint's speed" if self.bytes_per_s else "100 MiB/s assumed, no checkpoint written yet"
+        step = f"the rest of a {self.step_s:.1f} s step, then " if self.step_s is not None else ""
+        return (f"expected within about {max(total, 1.0):.0f} s ({step}{self.checkpoint_bytes / 2**20:.1f} MiB "
+                f"at {basis})")
 
 
 def agreed_signal(signum: int | None) -> int | None:

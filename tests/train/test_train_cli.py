@@ -334,3 +334,42 @@ def test_dry_run_of_a_shipped_recipe_offline_falls_back_to_the_catalog(tmp_path)
     assert "Using the estimator's offline catalog entry for mistralai/Mistral-7B-v0.1 instead." in note
     assert "not checked" in result.stdout and "name: full" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_match_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):
+    """`--nnodes 2`: two launchers (one per "node", as SLURM or Kubernetes would start them) meet on 127.0.0.1 and
+    train as world 2 (gloo); 2 × batch 2 ends with the adapter of 1 process × batch 4."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "fnsft.cli", "train", "--max_steps", "3", "--lora_dropout", "0"]
+    one = subprocess.run([*command, str(tiny_recipe(name="one.yaml", out="one")), "--per_device_train_batch_size", "4"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    recipe = str(tiny_recipe(name="nodes.yaml", out="nodes"))
+    nodes = [
+        subprocess.Popen([*command, recipe, "--per_device_train_batch_size", "2", "--nproc", "1", "--nnodes", "2",
+                          "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    assert "--machine_rank 1 --main_process_ip 127.0.0.1" in " ".join(outputs[1][1].split())  # the console wraps it
+    manifest = json.loads((tmp_path / "nodes" / "manifest.json").read_text())
+    assert manifest["distributed"] == {"world_size": 2, "strategy": "ddp"}
+    single = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    both = load_file(tmp_path / "nodes" / "adapter" / "adapter_model.safetensors")
+    assert single.keys() == both.keys()
+    for key in single:
+        assert (single[key] - both[key]).abs().max().item() < 1e-5, key
