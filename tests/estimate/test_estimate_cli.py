@@ -40,7 +40,7 @@ def test_recipe_estimate_json_has_stable_keys(tmp_path):
     report = json.loads(result.stdout)
     assert report["schema"] == "fnsft-estimate/1"
     assert set(report) == {"schema", "model", "input", "bytes", "meters", "peak_phase", "warnings", "fit", "suggestions",
-                           "recommendation"}
+                           "recommendation", "accuracy"}
     meters = report["meters"]
     assert meters["allocated"] < meters["reserved"] < meters["device_used"] == report["bytes"]["total"]
     assert meters["fit_meter"] == "device_used"
@@ -142,3 +142,18 @@ def test_memory_saver_flags_reach_the_estimate():
     assert saved["meters"]["device_used"] < plain["meters"]["device_used"]
     accumulate = runner.invoke(app, [*base, "--optimizer-in-backward", "--gradient-accumulation-steps", "4"])
     assert accumulate.exit_code == 2 and "gradient_accumulation_steps 1" in accumulate.output
+
+
+def test_estimate_prints_the_measured_error_band_and_where_the_table_is():
+    import math
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    bench = json.loads((root / "bench" / "results" / "estimate_accuracy.json").read_text())
+    runs = [abs(row["rel_error"]) for row in bench["rows"] if row["section"] == "cpu_rss"]
+    result = runner.invoke(app, ["estimate", "--model", "gpt2", "--json"])
+    band = json.loads(result.stdout)["accuracy"]
+    assert band["cpu"]["runs"] == len(runs) and math.isclose(band["cpu"]["max_abs_rel_error"], max(runs))
+    assert (root / band["table"]).is_file()  # the table the line points to is in the repository
+    table = runner.invoke(app, ["estimate", "--model", "gpt2"])
+    assert f"within ±{100 * max(runs):.1f} %" in table.stdout and "estimate_accuracy.md" in table.stdout
