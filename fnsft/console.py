@@ -8,3 +8,7 @@ err = Console(stderr=True)
 
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)

@@ -1,10 +1,22 @@
 """One exception type per domain. Each carries a user-facing message; the CLI prints it and exits 2."""
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Every exit code fnsft uses. Interrupted runs follow the shell convention 128 + signal number."""
+
+    OK = 0
+    UNEXPECTED = 1  # a bug or an environment problem fnsft did not anticipate (see --traceback)
+    BAD_INPUT = 2  # an FnsftError: the message says what to fix
+    SIGINT = 130
+    SIGTERM = 143
+
 
 class FnsftError(Exception):
     """Base class: a problem the user can fix. The message is shown as is, without a traceback."""
 
-    exit_code = 2
+    exit_code: int = ExitStatus.BAD_INPUT
 
 
 class RecipeError(FnsftError):

@@ -14,6 +14,7 @@ from typing import Any
 from fnsft import __version__
 from fnsft.atomic import atomic_write_json
 from fnsft.environment import devices, git_commit, hardware, package_versions
+from fnsft.errors import FnsftError
 from fnsft.models import base_hub_id
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
@@ -69,4 +70,13 @@ def write_manifest(run: RunDir, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(run: RunDir) -> dict[str, Any]:
-    return json.loads(run.manifest.read_text(encoding="utf-8"))
+    """The run's manifest, or an FnsftError naming the file when it is unreadable or not a JSON object."""
+    try:
+        manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FnsftError(f"{run.manifest}: not found; is {run.root} a finished fnsft run?") from None
+    except (OSError, ValueError) as exc:
+        raise FnsftError(f"{run.manifest}: unreadable or not JSON ({exc}); the run directory is damaged") from None
+    if not isinstance(manifest, dict):
+        raise FnsftError(f"{run.manifest}: not a JSON object; the run directory is damaged")
+    return manifest

@@ -92,6 +92,7 @@ def resolve_model(section: ModelSection) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a model directory (no config.json)")
         check_weight_safety(path, section)
+        check_safetensors_files(path)
         return ModelSource(str(path), "dir", _dir_identity(path))
     if spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".safetensors", ".json")) or spec.count("/") > 1:
         raise ModelError(f"{spec}: model not found (not a directory, a .gguf file or a Hub id)")
@@ -236,6 +237,41 @@ def load_causal_lm(source: ModelSource, section: ModelSection, *, dtype, quantiz
         return AutoModelForCausalLM.from_pretrained(pretrained_path(source), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{section.name_or_path}: cannot load the model: {first_line(exc)}") from None
+
+
+def check_safetensors_files(directory: Path) -> None:
+    """Every .safetensors file of a local model must be whole: a truncated, empty or random file is named here,
+    before the loader fails on it with a bare deserialization error."""
+    for weights in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem is not None:
+            raise ModelError(f"{weights}: {problem}; copy or download the model again")
+
+
+def safetensors_problem(weights: Path) -> str | None:
+    """Why a safetensors file is not whole (reads the header only), or None: the header parses and the file
+    reaches the end of the last tensor it lists."""
+    try:
+        size = weights.stat().st_size
+        with weights.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_size > size - 8:
+                return "truncated or not a safetensors file (its header is cut off)"
+            header = json.loads(handle.read(header_size))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    try:
+        ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "not a safetensors file (its header lists no tensor offsets)"
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return f"truncated or corrupt ({size:,} bytes where its header lists {expected:,})"
+    return None
 
 
 def first_line(exc: BaseException) -> str:

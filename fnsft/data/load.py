@@ -6,7 +6,9 @@ by line on failure so the error names the exact line.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,52 @@ class RawData:
     line_offset: int  # row i of `train` is on line i + line_offset of a JSONL file (0 when unknown)
 
 
+#: Nesting of a JSON value (``[[[...]]]``) beyond any dataset's; pyarrow's reader hangs or crashes far below 10^5.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
 def data_files(path: Path) -> list[Path]:
     if path.is_file():
+        if path.suffix not in BUILDERS:
+            compressed = " (decompress it first)" if path.suffix in (".gz", ".bz2", ".xz", ".zst", ".zip") else ""
+            raise DataError(f"{path}: unsupported data file type '{path.suffix}'{compressed}; use .json, .jsonl, .csv or .parquet")
         return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a regular file or directory; give a .json/.jsonl/.csv/.parquet file")
+    files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS and p.is_file())
     if not files:
         raise DataError(f"{path}: no .json/.jsonl/.csv/.parquet files in this directory")
     return files
+
+
+def check_text_file(file: Path, *, json_depth: bool) -> None:
+    """Text data must be UTF-8 (the error names the line of the first bad byte), and JSON no deeper than
+    MAX_JSON_DEPTH. Checked line by line before pyarrow reads the file."""
+    with file.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{file}:{number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}); "
+                    "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            if json_depth and _json_depth(line) > MAX_JSON_DEPTH:
+                raise DataError(f"{file}:{number}: JSON nested deeper than {MAX_JSON_DEPTH} levels; flatten the row")
+
+
+def _json_depth(line: bytes) -> int:
+    """Deepest bracket nesting outside strings (approximate for malformed JSON, which fails later anyway)."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", line))
+    if not brackets:
+        return 0
+    steps = brackets.translate(_DEPTH_STEPS)
+    return max(itertools.accumulate(step - 1 for step in steps))
+
+
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", bytes([2, 2, 0, 0]))  # +1 / -1, shifted by one to stay a byte
 
 
 def files_fingerprint(files: list[Path]) -> str:
@@ -116,6 +157,9 @@ def _load_local(path: Path, section: DataSection) -> RawData:
     if len(builders) > 1:
         raise DataError(f"{path}: mixed file types ({', '.join(sorted(builders))}); keep one kind per directory")
     builder = builders.pop()
+    if builder in ("json", "csv"):
+        for file in files:
+            check_text_file(file, json_depth=builder == "json")
     if builder == "json":
         for file in files:
             if _has_non_object_rows(file):

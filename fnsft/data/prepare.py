@@ -143,6 +143,9 @@ def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> Prepare
         raise DataError(f"{raw.source}: every row was skipped (data.on_bad_row: skip): {skipped[0]}")
     has_eval = evaluation is not None and len(evaluation) > 0
     tokenized_eval = tokenize(evaluation, tokenizer, section, template, None, skipped) if has_eval else None
+    for name, dataset in (("training", tokenized), ("evaluation", tokenized_eval)):
+        if dataset is not None:
+            check_trainable(dataset, section, f"{raw.source} ({name} rows)")
     summary = _summary(facts, section, detection.format, template, skipped)
     return PreparedData(
         train=tokenized,
@@ -154,6 +157,19 @@ def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> Prepare
         eval_conversations=eval_conversations,
         summary=summary,
     )
+
+
+def check_trainable(dataset, section: DataSection, source: str) -> None:
+    """Some example must keep a loss token within max_length: the trainer drops examples truncated to prompt only,
+    and with none left it fails deep inside torch (``num_samples=0``)."""
+    if section.packing:
+        return
+    limit = section.max_length
+    if not any(any(mask[:limit]) for mask in dataset["assistant_masks"]):
+        raise DataError(
+            f"{source}: all {len(dataset)} examples are longer than data.max_length={limit} tokens before their first "
+            "response token, so nothing is left to train on; raise data.max_length or shorten the prompts"
+        )
 
 
 def preview(section: DataSection, rows: int = DETECTION_ROWS) -> tuple[Detection, RawData, list[dict]]:

@@ -44,7 +44,10 @@ def configure_template(tokenizer: Any, override: str | None) -> str:
         path = Path(override)
         if not path.is_file():
             raise DataError(f"{override}: chat template file not found")
-        tokenizer.chat_template = path.read_text(encoding="utf-8")
+        try:
+            tokenizer.chat_template = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{override}: not a text file (a Jinja chat template), byte {exc.start + 1} is not UTF-8") from None
         return str(path)
     if getattr(tokenizer, "chat_template", None):
         return "tokenizer"

@@ -324,6 +324,28 @@ _OTHER_TYPES = {"phi": _phi, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "falcon": _fa
 SUPPORTED_TYPES = LLAMA_LIKE + tuple(_OTHER_TYPES)
 
 
+#: Config keys that size a model, with bounds far beyond any real model: a 0 divides by zero, and 10^8 layers
+#: make the estimator list 10^8 tensors (killed for memory) instead of answering.
+SHAPE_LIMITS: dict[str, int] = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"), 10_000),
+    **dict.fromkeys(("num_attention_heads", "num_key_value_heads", "n_head", "num_heads", "multi_query_group_num"), 100_000),
+    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "head_dim", "d_kv"), 1_000_000),
+    **dict.fromkeys(("intermediate_size", "n_inner", "d_ff", "ffn_hidden_size", "vocab_size"), 100_000_000),
+    **dict.fromkeys(("num_local_experts", "num_experts", "num_experts_per_tok"), 100_000),
+}
+
+
+def check_shape_ranges(config: dict[str, Any], name: str) -> None:
+    """Every size the config gives is a whole number within SHAPE_LIMITS (an EstimateError names the key)."""
+    for key, limit in SHAPE_LIMITS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            shown = repr(value)[:40]
+            raise EstimateError(f"{name}: config {key} = {shown} is not a whole number from 1 to {limit:,}")
+
+
 def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelShape:
     """Build a ModelShape from a config.json dictionary.
 
@@ -341,6 +363,7 @@ def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelSh
         model_type = config.get("model_type", "")
     if model_type == "gemma3":
         model_type = "gemma3_text"
+    check_shape_ranges(config, name)
     try:
         if model_type in LLAMA_LIKE:
             fields = _llama_like(model_type, config)

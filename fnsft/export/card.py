@@ -147,10 +147,11 @@ def model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from fnsft.manifest import read_manifest
     from fnsft.recipe.load import load_recipe
 
     recipe = load_recipe(run.recipe)
-    manifest = json.loads(run.manifest.read_text()) if run.manifest.is_file() else {}
+    manifest = read_manifest(run) if run.manifest.is_file() else {}
     base = base_model_info(recipe, base_model_id or (manifest.get("base_model") or {}).get("hub_id"))
     method = recipe.method.name
     data = ModelCardData(

@@ -6,7 +6,6 @@ types, an asked-for llama-quantize, disk space) runs before the first byte of me
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -51,6 +50,7 @@ class ExportResult(BaseModel):
 
 def open_run(path: str | Path) -> tuple[RunDir, Recipe, dict[str, Any]]:
     """A finished run directory with its resolved recipe and manifest, or an ExportError saying what is missing."""
+    from fnsft.manifest import read_manifest
     from fnsft.recipe.load import load_recipe
 
     run = RunDir.at(path)
@@ -61,7 +61,7 @@ def open_run(path: str | Path) -> tuple[RunDir, Recipe, dict[str, Any]]:
     if not run.is_finished():
         raise ExportError(f"{run.root}: the run is not finished (needs manifest.json and adapter/ or model/)")
     recipe = load_recipe(run.recipe)
-    manifest = json.loads(run.manifest.read_text())
+    manifest = read_manifest(run)
     if recipe.method.is_peft and not run.adapter.is_dir():
         raise ExportError(f"{run.root}: a {recipe.method.name} run without adapter/")
     if not recipe.method.is_peft and not run.model.is_dir():

@@ -6,6 +6,7 @@ Precedence, lowest first: schema defaults < recipe file < guide-style flags < ``
 from __future__ import annotations
 
 import io
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,19 @@ def _yaml() -> YAML:
     return yaml
 
 
+#: A recipe is a few hundred bytes to a few KB; anything far larger is not a recipe (and parsing it takes minutes).
+MAX_RECIPE_BYTES = 1 << 20
+#: Values in a recipe after YAML aliases are expanded (a ~700-byte "billion laughs" file expands to 10^9).
+MAX_RECIPE_VALUES = 100_000
+
+
 def parse_yaml_file(path: str | Path) -> CommentedMap:
     """Read a YAML mapping, turning syntax errors and missing files into RecipeError with file:line."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size:,} bytes is too large for a recipe (limit {MAX_RECIPE_BYTES:,})")
     try:
         data = _yaml().load(path.read_text(encoding="utf-8"))
     except MarkedYAMLError as exc:
@@ -45,7 +54,32 @@ def parse_yaml_file(path: str | Path) -> CommentedMap:
         raise RecipeError(f"{path}: the recipe is empty")
     if not isinstance(data, Mapping):
         raise RecipeError(f"{path}:1: a recipe must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    check_expanded_size(data, str(path))
     return data
+
+
+def check_expanded_size(data: Any, source: str, limit: int = MAX_RECIPE_VALUES) -> None:
+    """Refuse a document whose values, with every YAML alias expanded, number more than ``limit``.
+
+    Aliases share one object, so parsing is cheap, but validating, copying or printing the value visits every
+    expanded node. The walk below counts like they do and stops at the limit, so it costs at most ``limit`` steps
+    (a self-referencing alias reaches the limit too).
+    """
+    budget = limit
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise RecipeError(
+                f"{source}: the recipe expands to more than {limit:,} values (YAML aliases &/* repeat values); "
+                "write the values out or remove the aliases"
+            )
+        if isinstance(node, Mapping):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple | set):
+            stack.extend(node)
 
 
 def parse_scalar(text: str) -> Any:
@@ -153,6 +187,17 @@ def _line_of(data: Any, loc: tuple) -> int | None:
     return line
 
 
+def _short_repr() -> reprlib.Repr:
+    """repr of a rejected value, cut while it is built (a huge value must not be printed whole and then cut)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxlong, short.maxother = 2, 60, 40, 60
+    short.maxlist = short.maxtuple = short.maxset = short.maxdict = 4
+    return short
+
+
+_SHORT_REPR = _short_repr()
+
+
 def format_validation_error(exc: ValidationError, data: Any, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -168,7 +213,7 @@ def format_validation_error(exc: ValidationError, data: Any, source: str) -> str
             lines.append(f"{where}: missing required key '{dotted}'")
         else:
             got = err.get("input")
-            shown = repr(got) if not isinstance(got, Mapping) else "a mapping"
+            shown = _SHORT_REPR.repr(got) if not isinstance(got, Mapping) else "a mapping"
             lines.append(f"{where}: {dotted}: {err['msg']} (got {shown[:80]})")
     return "\n".join(lines)
 

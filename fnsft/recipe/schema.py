@@ -42,14 +42,19 @@ def _short(value: float) -> str:
     return f"{value:.0e}".replace("e-0", "e-") if 0 < value < 1e-3 else f"{value:g}"
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
+#: Counts (steps, rows, tokens, batch sizes) fit a signed 32-bit int: the libraries below hand them to C code.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+#: LoRA rank/alpha above any model's hidden size only allocate memory until the process is killed.
+LoraSize = Annotated[int, Field(gt=0, le=65536)]
 
 
 class Section(BaseModel):
-    """Strict base: unknown keys are errors, values are validated on assignment too."""
+    """Strict base: unknown keys are errors, values are validated on assignment too; no float is inf or NaN
+    (an infinite epoch count or learning rate would run for ever or train to NaN without a word)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -86,8 +91,8 @@ class DataSection(Section):
 
 
 class LoraSection(Section):
-    r: PositiveInt = Field(16, description="LoRA rank.")
-    alpha: PositiveInt = Field(32, description="LoRA scaling alpha (the update is scaled by alpha / r).")
+    r: LoraSize = Field(16, description="LoRA rank.")
+    alpha: LoraSize = Field(32, description="LoRA scaling alpha (the update is scaled by alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: Literal["auto"] | list[str] = Field(
         "auto",
@@ -115,8 +120,8 @@ class MethodSection(Section):
 
 
 class TrainingSection(Section):
-    num_train_epochs: float = Field(3, gt=0, description="Passes over the training data.")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run num_train_epochs.")
+    num_train_epochs: float = Field(3, gt=0, le=1e6, description="Passes over the training data.")
+    max_steps: int = Field(-1, ge=-1, le=MAX_COUNT, description="Stop after this many optimizer steps; -1 = run num_train_epochs.")
     per_device_train_batch_size: PositiveInt = Field(4, description="Micro-batch per device.")
     per_device_eval_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
@@ -139,7 +144,7 @@ class TrainingSection(Section):
         True, description="Train on the longest micro-batch (tokens, after packing) first: a run that does not fit "
         "fails in step 1, not hours in. Same seed, same order."
     )
-    seed: int = Field(42, description="Random seed: initialisation, data order and the held-out split.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed (0 to 2^32-1): initialisation, data order and the held-out split.")
     logging_steps: PositiveInt = Field(10, description="Log the loss every N optimizer steps.")
     save_steps: PositiveInt = Field(500, description="Save a checkpoint (a resume point) every N optimizer steps.")
     save_total_limit: PositiveInt | None = 3
@@ -154,7 +159,7 @@ class OutputSection(Section):
 
 class EvaluationSection(Section):
     exact_match_samples: int = Field(
-        0, ge=0, description="Held-out conversations to answer greedily before and after training (exact-match accuracy)."
+        0, ge=0, le=MAX_COUNT, description="Held-out conversations to answer greedily before and after training (exact-match accuracy)."
     )
     max_new_tokens: PositiveInt = Field(32, description="Generation budget per answer for the exact-match check.")
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from fnsft.errors import TrainError
+from fnsft.models import safetensors_problem
 from fnsft.recipe.load import dump_recipe, load_recipe
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import CHECKPOINTS, LOCK, RunDir
@@ -55,27 +56,34 @@ def checkpoint_problem(path: Path) -> str | None:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         return "no weights file"
     try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "trainer_state.json is not valid JSON"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or not isinstance(
+        state.get("log_history"), list
+    ):
+        return "trainer_state.json holds no training state (global_step, log_history)"
     for weights in path.glob("*.safetensors"):
-        if not _safetensors_complete(weights):
+        if safetensors_problem(weights) is not None:
             return f"{weights.name} is truncated or corrupt"
     return None
 
 
-def _safetensors_complete(weights: Path) -> bool:
-    """The header parses and the file reaches the end of the last tensor it lists (reads the header only)."""
-    try:
-        with weights.open("rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(header_size))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(header, dict):
-        return False
-    ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
-    return weights.stat().st_size == 8 + header_size + (max(ends) if ends else 0)
+#: Temporary names of saves that a killed process may leave in the run directory (fnsft.atomic, run._save_final).
+STAGING_PATTERNS = (".adapter-*", ".model-*", ".adapter.tmp-*", ".model.tmp-*", ".*.old-*", ".*.tmp")
+
+
+def remove_staging(run: RunDir, warn) -> None:
+    """Delete half-written saves of an earlier, killed run (called with the run lock held)."""
+    if not run.root.is_dir():
+        return
+    for pattern in STAGING_PATTERNS:
+        for path in run.root.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            warn(f"removed {path.name}, left by an interrupted save")
 
 
 def checkpoints(run: RunDir) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fnsft.atomic import atomic_write_json, staged_dir
 from fnsft.console import err, out
+from fnsft.console import warn as _warn
 from fnsft.errors import FnsftError
 from fnsft.hashing import files_sha256
 from fnsft.recipe.check import check
@@ -27,10 +28,6 @@ class RunResult:
     run: RunDir
     metrics: dict[str, Any]
     manifest: dict[str, Any]
-
-
-def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _info(message: str) -> None:
@@ -99,11 +96,13 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
 
     with outdir.RunLock(run) if is_main_process() else contextlib.nullcontext():
         try:  # inside the lock: only its holder may clean up, never a directory another run is writing
+            if is_main_process():
+                outdir.remove_staging(run, _warn)  # left by a run killed while saving
             with PreemptionCallback().installed() as preemption:  # SIGTERM/SIGINT: stop cleanly, see signals.py
                 return _train_locked(recipe, run, checkpoint, started, preemption)
-        except FnsftError:
+        except Exception:  # FnsftError or not: a run that trained nothing leaves nothing behind
             if fresh and is_main_process() and not outdir.checkpoints(run):
-                shutil.rmtree(run.root, ignore_errors=True)  # bad input found before training: leave nothing behind
+                shutil.rmtree(run.root, ignore_errors=True)
             raise
 
 
@@ -255,7 +254,7 @@ def _train(recipe: Recipe, trainer: Any, run: RunDir, checkpoint: Path | None, p
         raise out_of_memory_error(recipe, trainer.state.global_step, exc) from None
     finally:
         progress.stop()
-        preemption.restore()  # past training: nothing left that a checkpoint could save
+        preemption.finishing(outdir.latest_complete_checkpoint(run), run.recipe)  # a signal now stops at once
     if preemption.signum is not None:
         from fnsft.train.signals import TrainingInterrupted, interrupted_message
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from fnsft.errors import TrainError
+from fnsft.errors import ExitStatus, TrainError
 from fnsft.train.outdir import write_completion_marker
 
 #: Exit codes follow the shell convention 128 + signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
@@ -28,7 +28,7 @@ class TrainingInterrupted(TrainError):
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.exit_code = ExitStatus(128 + signum)
 
 
 class PreemptionCallback(TrainerCallback):
@@ -43,6 +43,7 @@ class PreemptionCallback(TrainerCallback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self.training = False
+        self.finished_training: tuple[Path | None, Path] | None = None  # (last complete checkpoint, recipe file)
         self._previous: dict[int, Any] = {}
         self._timing = SaveTiming()
 
@@ -55,6 +56,11 @@ class PreemptionCallback(TrainerCallback):
         finally:
             self.restore()
 
+    def finishing(self, checkpoint: Path | None, recipe_path: Path) -> None:
+        """Training is over (final evaluation and save follow): a signal now stops at once, and the final save
+        rolls back its staging, so the run directory holds exactly what it held after the last checkpoint."""
+        self.finished_training = (checkpoint, recipe_path)
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -65,6 +71,11 @@ class PreemptionCallback(TrainerCallback):
 
         self.restore()  # a second Ctrl-C/SIGTERM behaves as it normally would
         name = signal.Signals(signum).name
+        if self.finished_training is not None and self.signum is None:
+            checkpoint, recipe_path = self.finished_training
+            saved = (f"the last complete checkpoint is {checkpoint}. Resume with: fnsft train {recipe_path} --resume"
+                     if checkpoint is not None else "no checkpoint was saved. Run the same command again.")
+            raise TrainingInterrupted(f"interrupted by {name} during the final evaluation or save; {saved}", signum)
         if not self.training:
             raise TrainingInterrupted(
                 f"interrupted by {name} before training started: nothing was trained. Run the same command again.", signum

@@ -136,3 +136,14 @@ def test_smollm2_gguf_package_spec(smollm2_dir):
     with safe_open(str(smollm2_dir / "model.safetensors"), "pt") as handle:
         stored = sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())  # noqa: SIM118 (safe_open is not iterable)
     assert shape.total_params == stored == 134_515_008
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_attention_heads", 0), ("num_hidden_layers", 100_000_000),
+                                            ("hidden_size", -64), ("vocab_size", 1.5), ("num_key_value_heads", True)])
+def test_nonsense_shapes_are_estimate_errors(key, value):
+    from fnsft.errors import EstimateError
+
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 128, "vocab_size": 256, key: value}
+    with pytest.raises(EstimateError, match=f"config {key} = .* is not a whole number from 1 to"):
+        shape_from_config(config, "m", "config")
