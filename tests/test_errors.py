@@ -12,7 +12,7 @@ from fnsft.errors import ExitStatus, FnsftError
 
 @pytest.fixture(autouse=True)
 def no_traceback_env(monkeypatch):
-    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    monkeypatch.setenv(TRACEBACK_ENV, "0")  # undone after the test, also when --traceback set it to 1
 
 
 def test_exit_status_values():
