@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from fnsft.console import err, out
 from fnsft.errors import DataError, EstimateError, ModelError
 from fnsft.models import ModelSource
@@ -52,10 +49,15 @@ def _model_row(recipe: Recipe, source: ModelSource) -> tuple[str, bool]:
 
     Returns the row and whether the Hub model's files were unavailable.
     """
+    from fnsft.hub_access import endpoint, hub_offline, unreachable_reason
     from fnsft.models import load_config
 
     name = recipe.model.name_or_path
     try:
+        reason = None if source.kind != "hub" or hub_offline() else unreachable_reason(endpoint())
+        if reason is not None:  # without the minutes of HTTP retries transformers would spend
+            raise ModelError(f"{name}: cannot read the model config: the Hugging Face Hub ({endpoint()}) is "
+                             f"unreachable ({reason})")
         config = load_config(source, recipe.model)
     except ModelError as exc:
         if source.kind != "hub":
@@ -79,16 +81,18 @@ def _model_row(recipe: Recipe, source: ModelSource) -> tuple[str, bool]:
 def _data_rows(recipe: Recipe, source: ModelSource, check_template: bool) -> list[tuple[str, str]]:
     """The data row (format detected on the first rows) and the chat template row (the first row tokenized)."""
     from fnsft.data.check import encode_row
+    from fnsft.data.load import is_hub_dataset
     from fnsft.data.prepare import preview, template_options
     from fnsft.data.templates import configure_template
+    from fnsft.hub_access import check_hub_dataset
     from fnsft.models import load_tokenizer
 
-    try:
-        detection, raw, sample = preview(recipe.data)
-    except DataError as exc:
-        if not (_hub_dataset(recipe.data.path) and hub_offline()):
-            raise
-        return [("data", f"[yellow]not checked[/]: {exc}")]
+    if is_hub_dataset(recipe.data):
+        try:
+            check_hub_dataset(recipe.data.path)  # seconds, not minutes of HTTP retries
+        except DataError as exc:  # offline or the Hub unreachable: what cannot be checked here is said
+            return [("data", f"[yellow]not checked[/]: {exc}")]
+    detection, raw, sample = preview(recipe.data)
     rows = [("data", f"{raw.source}: {len(raw.train)} rows, format {detection.format} ({detection.reason})")]
     if not check_template:
         return [*rows, ("template", "[yellow]not checked[/]: the model's tokenizer is not available without the Hub")]
@@ -99,13 +103,3 @@ def _data_rows(recipe: Recipe, source: ModelSource, check_template: bool) -> lis
         rows.append(("template", f"{template}: first row {len(tokens.input_ids)} tokens, "
                      f"{sum(tokens.assistant_masks)} of them trained on"))
     return rows
-
-
-def _hub_dataset(path: str) -> bool:
-    return not Path(path).expanduser().exists() and not path.startswith((".", "/", "~"))
-
-
-def hub_offline() -> bool:
-    """Hub access switched off for this process (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
-    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))

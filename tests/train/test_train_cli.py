@@ -316,13 +316,17 @@ def test_run_training_resolves_and_checks_the_recipe_itself(tiny_recipe, tmp_pat
     assert load_recipe(result.run.recipe).training.learning_rate == METHOD_DEFAULTS["lora"]["learning_rate"]
 
 
-def test_dry_run_of_a_shipped_recipe_offline_falls_back_to_the_catalog(tmp_path):
-    """recipes/full-7b.yaml names a Hub model and a Hub dataset: offline, with an empty Hugging Face cache, the
-    dry-run still describes the model (from the estimator's catalog, saying so) and says what it could not check."""
+@pytest.mark.parametrize("hub", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+                                  "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["offline", "unreachable"])
+def test_dry_run_of_a_shipped_recipe_offline_falls_back_to_the_catalog(tmp_path, hub):
+    """recipes/full-7b.yaml names a Hub model and a Hub dataset: offline (or with the Hub unreachable) and an empty
+    Hugging Face cache, the dry-run still describes the model (from the estimator's catalog, saying so) and says
+    what it could not check."""
     from fnsft.estimate.resolve import resolve_shape
 
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "200"}
+    env = {**os.environ, **hub, "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "200"}
     result = subprocess.run([sys.executable, "-m", "fnsft.cli", "train", str(root / "recipes" / "full-7b.yaml"),
                              "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
