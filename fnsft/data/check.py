@@ -22,7 +22,7 @@ class RowFacts:
     trained: int
     replies: int = 0  # assistant turns trained
     markers_trained: int = 0  # of those, the ones whose end-of-turn marker is in the span
-    rewritten: int = 0  # turns the template renders differently from their content (history rewriting)
+    rewritten: int = 0  # trained replies the template renders differently from their content (history rewriting)
     trained_beyond_limit: int = 0  # trained tokens past max_length (cut off by truncation)
 
 
@@ -71,7 +71,7 @@ def row_facts(where: str, encoded: TokenizedConversation, max_length: int) -> Ro
         trained=sum(encoded.assistant_masks),
         replies=len(trained_replies),
         markers_trained=sum(1 for reply in trained_replies if reply.end_of_turn.strip()),
-        rewritten=sum(1 for reply in rendering.replies if reply.rewritten) if rendering else 0,
+        rewritten=sum(1 for reply in trained_replies if reply.rewritten),
         trained_beyond_limit=sum(encoded.assistant_masks[max_length:]),
     )
 
@@ -111,9 +111,10 @@ def summarize(
         warnings.append(f"{len(unmarked)} rows have replies with no end-of-turn marker to train "
                         f"(the template writes none after them): {_named(unmarked)}")
     if rewritten:
-        warnings.append(f"the template renders {sum(f.rewritten for f in rewritten)} earlier turns differently from "
-                        f"their content (history rewriting, e.g. reasoning stripped): they train on what the render "
-                        f"shows; data.train_on: last_turn trains only the final reply ({_named(rewritten)})")
+        advice = "; data.train_on: last_turn trains only the final reply" if train_on == "all_turns" else ""
+        warnings.append(f"the template renders {sum(f.rewritten for f in rewritten)} trained replies differently "
+                        f"from their content (history rewriting, e.g. reasoning stripped from earlier turns): they "
+                        f"train on what the render shows{advice} ({_named(rewritten)})")
     if skipped:
         warnings.append(f"{len(skipped)} rows skipped (data.on_bad_row: skip): " + "; ".join(skipped[:ROWS_NAMED]))
     return DataSummary(

@@ -116,7 +116,7 @@ class Reply:
     content: tuple[int, int]  # the reply's characters as rendered
     trained: tuple[int, int] | None  # None when train_on leaves this turn out
     end_of_turn: str  # what the span holds after the content ('' when the template writes no marker)
-    rewritten: bool  # the render shows this turn differently from its content (history rewriting)
+    rewritten: bool  # the render shows other text than the content, beyond whitespace (history rewriting)
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,8 @@ def assistant_spans(
         anchor = located[-1] if located else None
         head = start - _generated_before_content(tokenizer, messages, i, anchor, full[previous_end:start], kwargs)
         marker = _end_of_turn(tokenizer, messages, i, full[end:next_start], kwargs)
-        content = messages[i]["content"]
-        shown = full[start:end]
-        rewritten = shown not in (content, content.strip(), content.lstrip(), content.rstrip())
+        # rewritten: the turn's render lacks some of the content, beyond whitespace (re-spacing is not a rewrite)
+        rewritten = "".join(messages[i]["content"].split()) not in "".join(full[previous_end:end].split())
         trained = (head, end + len(marker)) if i in trained_turns else None
         replies.append(Reply(i, (start, end), trained, marker, rewritten))
     spans = [r.trained for r in replies if r.trained is not None]

@@ -156,7 +156,7 @@ def test_history_rewriting_is_reported_and_last_turn_only(tokenizers):
     rendering = assistant_spans(tokenizer, messages)
     text = rendering.text
     assert [text[a:b] for a, b in rendering.spans] == ["A1<|im_end|>\n", "<think>\nR2\n</think>\n\nA2<|im_end|>\n"]
-    assert [reply.rewritten for reply in rendering.replies] == [True, True]
+    assert [reply.rewritten for reply in rendering.replies] == [True, False]  # the last is only re-spaced
     last = assistant_spans(tokenizer, messages, train_on="last_turn")
     assert [text[a:b] for a, b in last.spans] == ["<think>\nR2\n</think>\n\nA2<|im_end|>\n"]
 

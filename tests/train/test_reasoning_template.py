@@ -38,6 +38,6 @@ def test_qwen3_template_last_turn_without_thinking_trains(tiny_recipe, tmp_path)
     assert summary["chat_template_kwargs"] == {"enable_thinking": False}
     assert summary["train_on"] == "last_turn" and summary["skipped_rows"] == 1
     assert summary["marker_share"] == 1.0 and summary["zero_trained_rows"] == 0
-    assert summary["rewritten_turns"] == summary["rows"]  # the first reply's reasoning is stripped from history
+    assert summary["rewritten_turns"] == 0  # the first reply loses its reasoning in the render, but is not trained
     assert 0 < summary["trained_share"] < 0.3
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 4
