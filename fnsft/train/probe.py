@@ -20,13 +20,17 @@ def _gib(value: int | float) -> str:
 
 def probe_recipe(recipe: Recipe, output_dir: Path) -> Recipe:
     """The recipe cut down to one optimizer step on the longest batch, writing into ``output_dir``, evaluating nothing."""
+    from fnsft.recipe.schema import EvaluationSection, TrainingSection
+
+    # keys that would only draw "is ignored" warnings in a one-step run without held-out data go back to defaults
     return recipe.model_copy(update={
         "output": recipe.output.model_copy(update={"dir": str(output_dir), "report_to": ["none"]}),
         "training": recipe.training.model_copy(update={
             "max_steps": 1, "gradient_accumulation_steps": 1, "longest_batch_first": True, "save_steps": 10**9,
-            "eval_steps": None}),
+            "eval_steps": None, "per_device_eval_batch_size": None,
+            "num_train_epochs": TrainingSection.model_fields["num_train_epochs"].default}),
         "data": recipe.data.model_copy(update={"validation_fraction": 0.0, "eval_split": None}),
-        "evaluation": recipe.evaluation.model_copy(update={"exact_match_samples": 0}),
+        "evaluation": EvaluationSection(),
         "mask": None,
     })
 
