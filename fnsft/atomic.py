@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _plain_mode(full: int) -> int:
+    """The mode open()/mkdir() would give under the current umask: mkstemp/mkdtemp make 0600/0700, which would
+    leave outputs and caches unreadable to anyone else (another UID sharing a cache volume or a bind mount)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
+
+
 @contextmanager
 def staged_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path next to ``target``; on success it is renamed onto ``target``."""
@@ -24,6 +32,7 @@ def staged_file(target: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     staging = Path(name)
+    staging.chmod(_plain_mode(0o666))
     try:
         yield staging
         os.replace(staging, target)
@@ -42,6 +51,7 @@ def staged_dir(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(_plain_mode(0o777))
     try:
         yield staging
         if target.is_dir() and not replace:
