@@ -33,6 +33,14 @@ bench:
 docker-build:
     docker build -f docker/Dockerfile $(docker/tags.sh --build-args) -t {{image}} .
 
+# Build the image with no registry and no PyTorch index: a Debian base made here, CPU torch (podman or docker)
+docker-build-local:
+    docker/build-local.sh
+
+# Slow (~10 min): run the built image through --help, env, estimate, quickstart as any UID, kill/resume, stop
+docker-test image="":
+    docker/test.sh {{image}}
+
 # Run fnsft in the image as you, with ./runs and the HF cache mounted: just docker-run train recipes/full-7b.yaml
 docker-run *args:
     mkdir -p runs && docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" -e HF_TOKEN -v "$PWD/runs:/workspace/runs" -v fnsft-cache:/cache {{image}} {{args}}

@@ -224,7 +224,9 @@ def runtime_stage() -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_on_cuda_and_installs_with_the_install_script():
     instructions = dockerfile_instructions()
     stages = [args for keyword, args in instructions if keyword == "FROM"]
-    assert len(stages) >= 2 and all(stage.startswith("nvidia/cuda:") for stage in stages)
+    assert len(stages) >= 2 and all(stage.startswith("${BASE_IMAGE} ") for stage in stages)
+    base = next(args for keyword, args in instructions if keyword == "ARG" and args.startswith("BASE_IMAGE="))
+    assert base.startswith("BASE_IMAGE=nvidia/cuda:")  # CUDA unless a build says otherwise (build-local.sh)
     assert stages[0].endswith("AS builder")
     assert any(k == "RUN" and "TORCH_VARIANT" in a and "scripts/install.sh" in a for k, a in instructions)
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in runtime_stage()
@@ -284,6 +286,8 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else():
         "fnsft/resources/accelerate/zero3.yaml",
         "recipes/quickstart.yaml",
         "docker/entrypoint.sh",
+        "data/quickstart/tasks.jsonl",
+        "docker/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",  # WHEEL_DIR of build-local.sh
     ]
     for path in needed:
         assert dockerignore_allows(path, patterns), f".dockerignore keeps {path} out of the build"
@@ -294,6 +298,7 @@ def test_build_context_holds_what_the_image_needs_and_nothing_else():
         "runs/a/model.safetensors",
         "tests/conftest.py",
         "fnsft/__pycache__/cli.cpython-311.pyc",
+        "data/other/private.jsonl",
     ]:
         assert not dockerignore_allows(path, patterns), f".dockerignore lets {path} into the build"
     copied = [
