@@ -3,6 +3,7 @@ peak-memory measurement."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,52 @@ class BeforeTrainingReport(TrainerCallback):
         if self.metrics_file is not None:
             atomic_write_json(self.metrics_file, self.metrics)  # kept for a resumed run's before/after report
         return control
+
+
+class NonFiniteStop(TrainerCallback):
+    """Stops training at the first step whose gradient norm or logged loss is not finite (NaN/inf).
+
+    Without it a diverged run trains on to an all-NaN adapter and reports "done". The gradients are checked
+    before each optimizer step (one reduction over the trainable parameters' gradients, one device sync), so a
+    non-finite loss at any step is caught, not only at logging steps; that step's checkpoint is not saved.
+    """
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.what = ""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if grads and self.step is None:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+            if not torch.isfinite(norm):
+                self._stop(state.global_step + 1, f"the gradient norm is {norm.item()}", control)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value) and self.step is None:
+                self._stop(state.global_step, f"the {key.replace('_', ' ')} is {value}", control)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step is not None:
+            control.should_save = False  # never a checkpoint of diverged weights
+            control.should_training_stop = True
+        return control
+
+    def _stop(self, step: int, what: str, control: Any) -> None:
+        self.step, self.what = step, what
+        control.should_training_stop = True
+        control.should_save = False
+
+    def error_message(self, last_good: Path | None) -> str:
+        checkpoint = f"the last good checkpoint is {last_good}" if last_good is not None else "no checkpoint was saved"
+        return (
+            f"training stopped at step {self.step}: {self.what}, so the weights would be garbage; {checkpoint}. "
+            "Lower training.learning_rate or training.max_grad_norm, check the data, "
+            "and start again in a new output.dir"
+        )

@@ -80,3 +80,16 @@ def test_damaged_manifest_is_named_by_export_and_push(tiny_recipe, tmp_path, con
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "manifest.json" in result.output and "Traceback" not in result.output
+
+
+def test_diverging_run_stops_at_the_first_non_finite_step(tiny_recipe, tmp_path):
+    """lr 1e30 is finite (the schema takes it); the update makes the next gradients NaN. The run must stop there,
+    name the step and the last good checkpoint, and never say done or write an adapter."""
+    result = CliRunner().invoke(app, ["train", str(tiny_recipe()), "--set", "training.learning_rate=1e30",
+                                      "--set", "training.save_steps=1"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "training stopped at step 3: the gradient norm is nan" in text
+    assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'checkpoint-2'}" in text
+    assert "done" not in result.output and not (tmp_path / "run" / "adapter").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint-3").exists()
