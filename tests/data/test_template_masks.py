@@ -174,3 +174,29 @@ def test_trimming_templates_accept_trailing_whitespace(tokenizers):
         messages = [{"role": "user", "content": "hi\n"}, {"role": "assistant", "content": "hello\n\n"}]
         text, spans = assistant_spans(tokenizer, messages)
         assert "hello" in text[spans[0][0]:spans[0][1]]
+
+
+# Written by hand from each family's chat format (what the model generates after its generation prompt): one
+# template per failure class of issue 13 — trimming (Llama 3.1, Gemma 3, Cohere 2), a prompt that opens a think
+# block (Qwen3.5, Nemotron), history rewriting (DeepSeek R1), per-turn end markers (gpt-oss), EOS after the chat
+# (Phi-3.5, whose template appends the tokenizer's EOS: SmolLM2's <|im_end|> here).
+HAND_WRITTEN = {
+    "llama3_1.jinja": ["Paris<|eot_id|>", "Yes, Paris.<|eot_id|>"],
+    "gemma3.jinja": ["Paris<end_of_turn>\n", "Yes, Paris.<end_of_turn>\n"],
+    "cohere2.jinja": ["Paris\n<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "Yes, Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>"],
+    "qwen3_5_think.jinja": ["Paris<|im_end|>\n", "\n</think>\n\nYes, Paris.<|im_end|>\n"],
+    "nemotron_3_nano.jinja": ["</think>Paris<|im_end|>\n", "</think>Yes, Paris.<|im_end|>\n"],
+    "deepseek_r1_distill.jinja": ["Paris\n<｜end▁of▁sentence｜>", "Yes, Paris.<｜end▁of▁sentence｜>"],
+    "gptoss.jinja": ["<|channel|>final<|message|>Paris\n<|end|>", "<|channel|>final<|message|>Yes, Paris.<|return|>"],
+    "phi3_5.jinja": ["Paris\n<|end|>\n", "Yes, Paris.<|end|>\n<|im_end|>"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN))
+def test_hand_written_spans(tokenizers, name):
+    messages = [
+        {"role": "user", "content": "Is the capital Paris or Lyon?\n"}, {"role": "assistant", "content": "Paris\n"},
+        {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes, Paris."},
+    ]
+    text, spans = assistant_spans(tokenizers(name), messages)
+    assert [text[a:b] for a, b in spans] == HAND_WRITTEN[name]
