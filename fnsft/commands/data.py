@@ -71,8 +71,8 @@ def preview(
             else:
                 print(plain(row, ids=ids))
     if html is not None:
-        summary = f"{len(previews)} rows of {data_section.path}, tokenizer of {model_section.name_or_path}, " \
-                  f"chat template: {template}"
+        count = f"{len(previews)} row" + ("s" if len(previews) != 1 else "")
+        summary = f"{count} of {data_section.path}, tokenizer of {model_section.name_or_path}, chat template: {template}"
         atomic_write_text(html, html_page(previews, summary, ids=ids))
         err.print(f"wrote {html}", highlight=False)
 
