@@ -202,6 +202,17 @@ def check_free_disk(root: Path, needed_bytes: int) -> None:
         )
 
 
+def disk_full_error(run: RunDir, exc: OSError) -> TrainError:
+    """The disk filled up during a save: what is safe on disk, and how to go on."""
+    last = latest_complete_checkpoint(run)
+    kept = f"the last complete checkpoint is {last}" if last is not None else "no checkpoint is complete"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return TrainError(
+        f"{run.root}: the disk is full{where}; {kept}, and the half-written save will be discarded. Free some "
+        f"space (or lower training.save_total_limit), then resume with: fnsft train {run.recipe} --resume"
+    )
+
+
 def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -99,7 +100,12 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
             if is_main_process():
                 outdir.remove_staging(run, _warn)  # left by a run killed while saving
             with PreemptionCallback().installed() as preemption:  # SIGTERM/SIGINT: stop cleanly, see signals.py
-                return _train_locked(recipe, run, checkpoint, started, preemption)
+                try:
+                    return _train_locked(recipe, run, checkpoint, started, preemption)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    raise outdir.disk_full_error(run, exc) from exc
         except Exception:  # FnsftError or not: a run that trained nothing leaves nothing behind
             if fresh and is_main_process() and not outdir.checkpoints(run):
                 shutil.rmtree(run.root, ignore_errors=True)

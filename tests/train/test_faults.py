@@ -215,6 +215,32 @@ def test_sigterm_saves_at_once_skipping_a_due_evaluation_and_says_how_long(workd
     assert checkpoint_problem(run / "checkpoints" / "checkpoint-3") is None
 
 
+def test_disk_full_at_a_save_then_sigterm_in_the_final_save_then_resume_is_exact(workdir, lora_reference):
+    recipe = recipe_for(workdir, "lora-disk-full")
+    run = workdir["root"] / "lora-disk-full"
+
+    full = train(recipe, kill_at="enospc:4")  # checkpoint-4's optimizer state hits ENOSPC
+    assert full.returncode == 2, full.output
+    text = " ".join(full.stderr.split())
+    assert "the disk is full" in text and f"the last complete checkpoint is {run / 'checkpoints' / 'checkpoint-2'}" in text
+    assert f"fnsft train {run / 'recipe.yaml'} --resume" in text and "Traceback" not in full.output
+    assert not (run / ".lock").exists()
+
+    (run / ".adapter.tmp-leftover").mkdir()  # as a save killed by kill -9 leaves it
+    final = train(recipe, "--resume", kill_at="finalsave:0")
+    assert "removed .adapter.tmp-leftover, left by an interrupted save" in " ".join(final.stderr.split())
+    assert "skipping checkpoint-4" in final.stderr and "resuming from checkpoint-2" in final.stderr
+    assert final.returncode == 128 + signal.SIGTERM, final.output
+    assert "interrupted by SIGTERM during the final evaluation or save" in " ".join(final.stderr.split())
+    assert "Traceback" not in final.output
+    assert not (run / "adapter").exists() and not (run / "manifest.json").exists() and not (run / ".lock").exists()
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # the staging was rolled back
+
+    resumed = train(recipe, "--resume")
+    assert resumed.returncode == 0, resumed.output
+    assert weights_hash(run) == weights_hash(lora_reference["run"])
+
+
 def test_full_kill_mid_step_with_torn_newest_checkpoint_resumes_exactly(workdir, full_reference):
     recipe = recipe_for(workdir, "full-faults", method="full")
     run = workdir["root"] / "full-faults"

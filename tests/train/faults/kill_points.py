@@ -7,8 +7,10 @@ the kill point named by FNSFT_TEST_KILL_AT; fnsft's own code has no hook for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
 from typing import Any
 
 from transformers import TrainerCallback
@@ -19,6 +21,9 @@ from transformers import TrainerCallback
 #: itself that signal during step N, to exercise the real handler at a known step; N=0: before training starts).
 #: A suffix ``@R`` limits any of them to the process of rank R (multi-process runs).
 TEST_KILL_ENV = "FNSFT_TEST_KILL_AT"
+#: Also ``enospc:N`` (checkpoint-N's optimizer state fails to write with ENOSPC, as on a full disk) and
+#: ``finalsave:0`` (SIGTERM once the final adapter/model weights are written into their staging directory).
+POINTS = ("step", "save", "eval", "sigterm", "sigint", "enospc", "finalsave")
 
 
 class KillCallback(TrainerCallback):
@@ -27,6 +32,12 @@ class KillCallback(TrainerCallback):
     def __init__(self, point: str, step: int) -> None:
         self.point = point
         self.step = step
+
+    ended = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.ended = True
+        return control
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.point in ("sigterm", "sigint") and state.global_step == self.step - 1:
@@ -51,21 +62,37 @@ def arm(trainer: Any) -> None:
         return
     point, _, step = spec.partition(":")
     step, _, rank = step.partition("@")
-    if point not in ("step", "save", "eval", "sigterm", "sigint") or not step.isdigit() or not (rank or "0").isdigit():
-        raise ValueError(f"{TEST_KILL_ENV}={spec}: expected step:N, save:N, eval:N, sigterm:N or sigint:N (+ @RANK)")
+    if point not in POINTS or not step.isdigit() or not (rank or "0").isdigit():
+        raise ValueError(f"{TEST_KILL_ENV}={spec}: expected one of {', '.join(POINTS)} as POINT:N (+ @RANK)")
     if rank and int(rank) != int(os.environ.get("RANK", "0")):
         return
     if point in ("sigterm", "sigint") and int(step) == 0:  # before training starts
         os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGINT)
-    if point == "save":
+    if point in ("save", "enospc"):
         save_optimizer = trainer._save_optimizer_and_scheduler
 
         def killing_save(output_dir: str) -> None:
             if trainer.state.global_step == int(step):  # the weights of this checkpoint are already written
+                if point == "enospc":  # what a full disk raises from the next write
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{output_dir}/optimizer.pt")
                 os.kill(os.getpid(), signal.SIGKILL)
             save_optimizer(output_dir)
 
         trainer._save_optimizer_and_scheduler = killing_save
+        return
+    if point == "finalsave":  # SIGTERM while the final adapter/model is being written (after training)
+        save_pretrained = trainer.model.save_pretrained
+        trained = KillCallback(point, int(step))
+        trainer.add_callback(trained)
+
+        def interrupted_save(*args: Any, **kwargs: Any) -> Any:
+            result = save_pretrained(*args, **kwargs)
+            if trained.ended:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises here
+            return result
+
+        trainer.model.save_pretrained = interrupted_save
         return
     trainer.add_callback(KillCallback(point, int(step)))
 
