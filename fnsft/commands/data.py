@@ -59,8 +59,10 @@ def preview(
     model_section, data_section = _sections(recipe, model, data, set_)
     tokenizer = _tokenizer(model_section)
     template = configure_template(tokenizer, data_section.chat_template)
-    sample, wheres = sample_rows(data_section, rows)
-    previews = preview_rows(tokenizer, sample, wheres, **template_options(data_section, template))
+    previews = []
+    for _name, part in data_section.source_sections():  # a mixture: the first rows of each source
+        sample, wheres = sample_rows(part, rows)
+        previews += preview_rows(tokenizer, sample, wheres, **template_options(part, template))
     if as_json:
         for row in previews:  # JSON lines: one object per row
             print(json.dumps(row.to_json(), ensure_ascii=False))
@@ -72,7 +74,8 @@ def preview(
                 print(plain(row, ids=ids))
     if html is not None:
         count = f"{len(previews)} row" + ("s" if len(previews) != 1 else "")
-        summary = f"{count} of {data_section.path}, tokenizer of {model_section.name_or_path}, chat template: {template}"
+        summary = f"{count} of {data_section.describe()}, tokenizer of {model_section.name_or_path}, " \
+                  f"chat template: {template}"
         atomic_write_text(html, html_page(previews, summary, ids=ids))
         err.print(f"wrote {html}", highlight=False)
 
@@ -90,12 +93,17 @@ def check(
     from fnsft.data.prepare import check_dataset
 
     model_section, data_section = _sections(recipe, model, data, set_)
-    summary, facts = check_dataset(data_section, _tokenizer(model_section))
-    out.print(f"[bold]data check[/] {data_section.path}", highlight=False)
-    for line in summary_lines(summary):
-        out.print(f"  {line}", highlight=False)
-    for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    tokenizer = _tokenizer(model_section)
+    all_facts = []
+    for name, part in data_section.source_sections():  # a mixture: each source on its own
+        summary, facts = check_dataset(part, tokenizer)
+        all_facts += facts
+        label = part.path if data_section.sources is None else f"{name} ({part.path})"
+        out.print(f"[bold]data check[/] {label}", highlight=False)
+        for line in summary_lines(summary):
+            out.print(f"  {line}", highlight=False)
+        for warning in summary.warnings:
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if plot is not None:
-        plot_lengths(facts, summary.max_length, str(plot))
+        plot_lengths(all_facts, data_section.max_length, str(plot))
         err.print(f"wrote {plot}", highlight=False)

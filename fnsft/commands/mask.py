@@ -58,7 +58,7 @@ def build(
         components=components, samples=samples, max_tokens=max_tokens, layers=layers, capture=capture,  # type: ignore[arg-type]
         threshold=threshold, seed=sources.seed, batch_size=batch_size, memory_budget=int(memory_budget_gb * (1 << 30)),
     )
-    target = output or Path("masks") / f"{_stem(sources.model.name_or_path)}-{_stem(sources.data.path)}.json"
+    target = output or Path("masks") / f"{_stem(sources.model.name_or_path)}-{_stem(sources.data.path or 'mixture')}.json"
     with err.status("loading model and data"):
         loaded = load_model(sources.model)
         tokens = token_sequences(sources.data, loaded.tokenizer, sources.seed, "train")

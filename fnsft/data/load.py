@@ -89,7 +89,7 @@ def check_dataset_pin(section: DataSection, fingerprint: str) -> None:
     """
     if section.fingerprint is not None and section.fingerprint != fingerprint:
         raise DataError(
-            f"{section.path}: dataset fingerprint is {fingerprint}, but the recipe pins {section.fingerprint}: the "
+            f"{section.describe()}: dataset fingerprint is {fingerprint}, but the recipe pins {section.fingerprint}: the "
             "data changed. Restore it, or remove data.fingerprint (--set data.fingerprint=null) to train on it anyway."
         )
 

@@ -13,6 +13,7 @@ from typing import Any
 from fnsft.data.check import DataSummary, RowFacts, encode_row, row_facts, summarize
 from fnsft.data.formats import Detection, detect_format, to_canonical
 from fnsft.data.load import RawData, describe_row, load_raw
+from fnsft.data.mix import SourceReport
 from fnsft.data.templates import configure_template
 from fnsft.errors import DataError
 from fnsft.recipe.schema import DataSection
@@ -30,6 +31,10 @@ class PreparedData:
     fingerprint: str
     eval_conversations: list[list[dict]] = field(default_factory=list)  # canonical eval rows, for generation checks
     summary: DataSummary | None = None  # of the training rows, as tokenized
+    facts: list[RowFacts] = field(default_factory=list)  # per training row (before any mixing)
+    skipped: list[str] = field(default_factory=list)  # why each row left out under on_bad_row: skip was
+    mixture: list[SourceReport] | None = None  # data.sources: what each source contributed
+    eval_by_source: dict[str, Any] = field(default_factory=dict)  # data.sources: each source's held-out rows
 
     @property
     def num_train(self) -> int:
@@ -126,7 +131,40 @@ def tokenize(dataset, tokenizer, section: DataSection, template: str = "the chat
 
 
 def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> PreparedData:
-    """Load, detect, convert, split (seeded) and tokenize. Raises DataError naming file/row on bad input."""
+    """Load, detect, convert, split (seeded) and tokenize; several sources are each prepared so, then mixed.
+    Raises DataError naming the source, file and row on bad input."""
+    if section.sources is None:
+        return _prepare_one(section, tokenizer, seed)
+    from datasets import concatenate_datasets
+
+    from fnsft.data.mix import prepare_mixture
+
+    mixed, reports, evals = prepare_mixture(section, tokenizer, seed, _prepare_one)
+    parts: list[PreparedData] = mixed["prepared"]
+    facts = [fact for part in parts for fact in part.facts]
+    skipped = [reason for part in parts for reason in part.skipped]
+    formats: dict[str, int] = {}
+    for part in parts:
+        formats[part.format] = formats.get(part.format, 0) + part.num_train
+    summary = summarize(facts, formats=formats, template=parts[0].template, chat_template_kwargs=
+                        section.chat_template_kwargs, train_on=section.train_on, max_length=section.max_length,
+                        skipped=skipped)
+    return PreparedData(
+        train=mixed["train"],
+        eval=concatenate_datasets(list(evals.values())) if evals else None,
+        format="+".join(dict.fromkeys(part.format for part in parts)),
+        detection="; ".join(f"{r.name}: {part.detection}" for r, part in zip(reports, parts, strict=True)),
+        template=parts[0].template,
+        fingerprint=mixed["fingerprint"],
+        eval_conversations=[c for part in parts for c in part.eval_conversations],
+        summary=summary,
+        facts=facts,
+        mixture=reports,
+        eval_by_source=evals,
+    )
+
+
+def _prepare_one(section: DataSection, tokenizer: Any, seed: int) -> PreparedData:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
@@ -156,6 +194,8 @@ def prepare_datasets(section: DataSection, tokenizer: Any, seed: int) -> Prepare
         fingerprint=raw.fingerprint,
         eval_conversations=eval_conversations,
         summary=summary,
+        facts=facts,
+        skipped=skipped,
     )
 
 

@@ -82,9 +82,9 @@ METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 
 def _dataset_ids(recipe: Recipe) -> list[str]:
     """Only Hub dataset ids belong in the card's ``datasets`` metadata; local files are named in the text."""
-    path = recipe.data.path
-    local = Path(path).exists() or path.lower().endswith(DATA_FILE_SUFFIXES)
-    return [path] if HUB_ID.match(path) and not local else []
+    paths = [str(part.path) for _, part in recipe.data.source_sections()]
+    return [path for path in paths if HUB_ID.match(path)
+            and not (Path(path).exists() or path.lower().endswith(DATA_FILE_SUFFIXES))]
 
 
 def _how_to_load(kind: ArtifactKind, repo_id: str, base: BaseModelInfo, gguf_files: list[str]) -> str:
@@ -175,7 +175,7 @@ def model_card(
                                             else " (license unknown: check the base model's terms)"),
         *([f"- trained on `{base.name}`; `{base.hub_id}` is the Hub model it was made from (same shapes), which "
            "the loading code above uses as the base"] if base.hub_id and base.hub_id != base.name else []),
-        f"- data: `{recipe.data.path}` ({recipe.data.format}, loss on {recipe.data.loss_on})", "",
+        f"- data: `{recipe.data.describe()}` ({recipe.data.format}, loss on {recipe.data.loss_on})", "",
         "| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in _manifest_rows(manifest)), "",
     ]
     mask = manifest.get("mask")

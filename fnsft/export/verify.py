@@ -136,10 +136,11 @@ def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> t
         raw = load_raw(section)  # a bad file is the user's input: its DataError (file/line) stops here
         rows, _ = canonicalize(raw, section, detect(raw, section).format)
         return _samples_from_rows(list(rows), tokenizer), f"{verify_data} ({min(len(rows), MAX_SAMPLES)} rows)"
+    first_source = recipe.data.source_sections()[0][1]  # a mixture is verified on its first source's held-out rows
     try:
-        raw = load_raw(recipe.data)
-        train, evaluation = canonicalize(raw, recipe.data, detect(raw, recipe.data).format)
-        _, evaluation = split(train, evaluation, recipe.data, recipe.training.seed)
+        raw = load_raw(first_source)
+        train, evaluation = canonicalize(raw, first_source, detect(raw, first_source).format)
+        _, evaluation = split(train, evaluation, first_source, recipe.training.seed)
     except DataError as exc:
         return _samples_from_rows([{"text": t} for t in FALLBACK_TEXTS], tokenizer), (
             f"{len(FALLBACK_TEXTS)} built-in texts (the run's data could not be read: {exc}; give --verify-data)")
@@ -147,7 +148,7 @@ def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> t
         return _samples_from_rows([{"text": t} for t in FALLBACK_TEXTS], tokenizer), (
             f"{len(FALLBACK_TEXTS)} built-in texts (the run has no eval split; give --verify-data)")
     rows = [evaluation[i] for i in range(min(len(evaluation), MAX_SAMPLES))]
-    return _samples_from_rows(rows, tokenizer), f"eval split of {recipe.data.path} ({len(rows)} rows)"
+    return _samples_from_rows(rows, tokenizer), f"eval split of {recipe.data.describe()} ({len(rows)} rows)"
 
 
 class _Encoded:

@@ -74,4 +74,4 @@ def token_sequences(section: DataSection, tokenizer, seed: int, split: Literal["
     dataset = prepared.eval if split == "eval" and prepared.eval is not None else prepared.train
     limit = section.max_length
     sequences = [list(ids[:limit]) for ids in dataset["input_ids"]]
-    return TokenData([s for s in sequences if s], section.path, prepared.format)
+    return TokenData([s for s in sequences if s], section.describe(), prepared.format)

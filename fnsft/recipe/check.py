@@ -144,6 +144,28 @@ RULES: tuple[Rule, ...] = (
         }[_strategy(r)],
     ),
     Rule(
+        "mixing settings need data.sources",
+        ("data.mix", "data.mix_by", "data.temperature"),
+        lambda r, _: r.data.sources is None and bool(changed(r.data, DataSection(path=r.data.path),
+                                                             ("mix", "mix_by", "temperature"))),
+        lambda r, _: f"{_keys('data', changed(r.data, DataSection(path=r.data.path), ('mix', 'mix_by', 'temperature')))}"
+        " ignored: they mix data.sources, and this recipe has one dataset (data.path).",
+        error=False,
+    ),
+    Rule(
+        "weights and temperature need a mix that reads them",
+        ("data.sources", "data.temperature"),
+        lambda r, _: r.data.sources is not None and (
+            (r.data.mix == "concat" and any(s.weight != 1 for s in r.data.sources))
+            or (r.data.mix != "temperature" and r.data.temperature != DataSection.model_fields["temperature"].default)),
+        lambda r, _: ("data.sources weights are ignored: mix: concat takes every row once. "
+                      if r.data.mix == "concat" and any(s.weight != 1 for s in r.data.sources) else "")
+        + ("data.temperature is ignored: it applies to mix: temperature."
+           if r.data.mix != "temperature" and r.data.temperature != DataSection.model_fields["temperature"].default
+           else ""),
+        error=False,
+    ),
+    Rule(
         "warmup in steps replaces the ratio",
         ("training.warmup_ratio", "training.warmup_steps"),
         lambda r, _: r.training.warmup_steps is not None and r.training.warmup_ratio is not None,
@@ -195,7 +217,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "Hub dataset settings need a Hub dataset",
         tuple(f"data.{name}" for name in _HUB_ONLY),
-        lambda r, _: _local(r.data.path) and bool(changed(r.data, DataSection(path=r.data.path), _HUB_ONLY)),
+        lambda r, _: r.data.path is not None and _local(r.data.path)
+        and bool(changed(r.data, DataSection(path=r.data.path), _HUB_ONLY)),
         lambda r, _: f"{_keys('data', changed(r.data, DataSection(path=r.data.path), _HUB_ONLY))} ignored: "
         f"{r.data.path} is a local path, and these select a Hub dataset's configuration, revision and split.",
         error=False,
@@ -203,7 +226,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "an evaluation split needs a Hub dataset",
         ("data.eval_split",),
-        lambda r, _: _local(r.data.path) and r.data.eval_split is not None,
+        lambda r, _: r.data.path is not None and _local(r.data.path) and r.data.eval_split is not None,
         lambda r, _: f"{r.data.path}: data.eval_split needs a Hub dataset; for local files use validation_fraction",
     ),
     Rule(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fnsft.names import MethodName, Optimizer, Precision
 
@@ -67,8 +67,35 @@ class ModelSection(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
 
-class DataSection(Section):
+class SourceSection(Section):
+    """One dataset of a mixture (``data.sources``): its own location, format, split and held-out part."""
+
     path: str = Field(description="Local json/jsonl/csv/parquet file or directory, or a Hub dataset id (online only).")
+    weight: float = Field(1.0, gt=0, description="Share of the mixture relative to the other sources' weights.")
+    name: str | None = Field(None, description="Label in summaries and per-source eval losses (default: from path).")
+    format: DataFormat = Field("auto", description="Row format of this source; auto detects it from its rows.")
+    config_name: str | None = None
+    revision: str | None = None
+    split: str = "train"
+    eval_split: str | None = Field(None, description="Existing split to evaluate on; else validation_fraction.")
+    validation_fraction: float | None = Field(None, ge=0, lt=1, description="Held out of this source (default: "
+                                              "data.validation_fraction).")
+    max_rows: PositiveInt | None = Field(None, description="Use at most this many rows of this source (after the "
+                                         "held-out part is taken).")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Template options for this source "
+                                                        "(default: data.chat_template_kwargs).")
+
+
+class DataSection(Section):
+    path: str | None = Field(None, description="Local json/jsonl/csv/parquet file or directory, or a Hub dataset id "
+                             "(online only). Give this or data.sources.")
+    sources: list[SourceSection] | None = Field(None, min_length=1, description="Several datasets mixed by weight "
+                                                "(instead of data.path).")
+    mix: Literal["proportional", "temperature", "concat"] = Field(
+        "proportional", description="proportional: shares by weight (rows repeated or left out to reach them); "
+        "temperature: shares by weight × size^(1/temperature); concat: every row of every source once.")
+    mix_by: Literal["tokens", "rows"] = Field("tokens", description="What the shares count: trained tokens or rows.")
+    temperature: float = Field(2.0, gt=0, description="For mix: temperature (1 = by size, larger = more uniform).")
     format: DataFormat = Field("auto", description="Row format; auto detects it from the first rows and says what it found.")
     config_name: str | None = None
     revision: str | None = None
@@ -88,6 +115,39 @@ class DataSection(Section):
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="A row that cannot be used: stop naming it, or skip it (counted in the manifest).")
     fingerprint: str | None = Field(None, description="Expected dataset fingerprint; a mismatch is an error.")
+
+    @model_validator(mode="after")
+    def _path_or_sources(self) -> DataSection:
+        if (self.path is None) == (self.sources is None):
+            raise ValueError("give data.path (one dataset) or data.sources (a mixture), not both and not neither")
+        return self
+
+    def source_sections(self) -> list[tuple[str, DataSection]]:
+        """(name, a one-dataset section) per source; a plain ``data.path`` is one source named by its path."""
+        if self.sources is None:
+            return [(str(self.path), self)]
+        named: list[tuple[str, DataSection]] = []
+        for source in self.sources:
+            name = source.name or source.path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0] or source.path
+            while name in (n for n, _ in named):
+                name += "'"
+            options = {key: getattr(source, key) for key in ("path", "format", "config_name", "revision", "split",
+                                                               "eval_split")}
+            options["validation_fraction"] = (self.validation_fraction if source.validation_fraction is None
+                                              else source.validation_fraction)
+            options["chat_template_kwargs"] = (self.chat_template_kwargs if source.chat_template_kwargs is None
+                                               else source.chat_template_kwargs)
+            options["max_samples"] = source.max_rows
+            named.append((name, self.model_copy(update={**options, "sources": None})))
+        return named
+
+    def describe(self) -> str:
+        """The data in a few words: its path, or the mixture's sources and weights."""
+        if self.sources is None:
+            return str(self.path)
+        return f"{len(self.sources)} sources mixed {self.mix} by {self.mix_by} (" + ", ".join(
+            f"{name} ×{source.weight:g}" for (name, _), source in zip(self.source_sections(), self.sources,
+                                                                      strict=True)) + ")"
 
 
 class LoraSection(Section):

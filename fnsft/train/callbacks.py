@@ -90,6 +90,12 @@ def measured_peak_memory() -> dict[str, int | str]:
     return {"device": "cpu", "peak_rss": peak_rss_bytes()}
 
 
+def eval_loss_by_source(trainer: Any, by_source: dict[str, Any]) -> dict[str, float]:
+    """The evaluation loss of each source's held-out rows (a mixture's per-source report)."""
+    return {name: trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")["eval_loss"]
+            for name, dataset in by_source.items()}
+
+
 class BeforeTrainingReport(TrainerCallback):
     """A fresh run's "before" numbers: the evaluation loss, computed once training has begun, and metrics.json.
 
@@ -99,15 +105,19 @@ class BeforeTrainingReport(TrainerCallback):
     first update). At ``on_train_begin`` the model is already wrapped, and evaluating changes no training state.
     """
 
-    def __init__(self, trainer: Any, metrics: dict[str, Any], evaluate: bool, metrics_file: Path | None) -> None:
+    def __init__(self, trainer: Any, metrics: dict[str, Any], evaluate: bool, metrics_file: Path | None,
+                 by_source: dict[str, Any] | None = None) -> None:
         self.trainer = trainer
         self.metrics = metrics
         self.evaluate = evaluate
         self.metrics_file = metrics_file
+        self.by_source = by_source  # a mixture's held-out rows per source: each gets its own loss
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.evaluate and "eval_loss_before" not in self.metrics:
             self.metrics["eval_loss_before"] = self.trainer.evaluate()["eval_loss"]
+        if self.by_source and "eval_loss_before_by_source" not in self.metrics:
+            self.metrics["eval_loss_before_by_source"] = eval_loss_by_source(self.trainer, self.by_source)
         if self.metrics_file is not None:
             atomic_write_json(self.metrics_file, self.metrics)  # kept for a resumed run's before/after report
         return control

@@ -87,19 +87,26 @@ def _data_rows(recipe: Recipe, source: ModelSource, check_template: bool) -> lis
     from fnsft.hub_access import check_hub_dataset
     from fnsft.models import load_tokenizer
 
-    if is_hub_dataset(recipe.data):
-        try:
-            check_hub_dataset(recipe.data.path)  # seconds, not minutes of HTTP retries
-        except DataError as exc:  # offline or the Hub unreachable: what cannot be checked here is said
-            return [("data", f"[yellow]not checked[/]: {exc}")]
-    detection, raw, sample = preview(recipe.data)
-    rows = [("data", f"{raw.source}: {len(raw.train)} rows, format {detection.format} ({detection.reason})")]
+    rows: list[tuple[str, str]] = []
+    samples = []
+    for name, part in recipe.data.source_sections():
+        label = "data" if recipe.data.sources is None else f"data {name}"
+        if is_hub_dataset(part):
+            try:
+                check_hub_dataset(str(part.path))  # seconds, not minutes of HTTP retries
+            except DataError as exc:  # offline or the Hub unreachable: what cannot be checked here is said
+                rows.append((label, f"[yellow]not checked[/]: {exc}"))
+                continue
+        detection, raw, sample = preview(part)
+        rows.append((label, f"{raw.source}: {len(raw.train)} rows, format {detection.format} ({detection.reason})"))
+        samples.append((part, sample[0]))
     if not check_template:
         return [*rows, ("template", "[yellow]not checked[/]: the model's tokenizer is not available without the Hub")]
     tokenizer = load_tokenizer(source, recipe.model)
-    if "messages" in sample[0]:
-        template = configure_template(tokenizer, recipe.data.chat_template)
-        tokens = encode_row(tokenizer, sample[0], **template_options(recipe.data, template))
-        rows.append(("template", f"{template}: first row {len(tokens.input_ids)} tokens, "
-                     f"{sum(tokens.assistant_masks)} of them trained on"))
+    for part, first in samples:
+        if "messages" in first:
+            template = configure_template(tokenizer, recipe.data.chat_template)
+            tokens = encode_row(tokenizer, first, **template_options(part, template))
+            rows.append(("template", f"{template}: first row of {part.path} {len(tokens.input_ids)} tokens, "
+                         f"{sum(tokens.assistant_masks)} of them trained on"))
     return rows

@@ -29,12 +29,14 @@ def check_before_loading(recipe: Recipe) -> ModelSource:
     source = resolve_model(recipe.model)
     if source.kind == "hub":
         check_hub_model(recipe.model.name_or_path, recipe.model.revision)
-    if is_hub_dataset(recipe.data):
-        check_hub_dataset(recipe.data.path)
-    raw = load_raw(recipe.data)
-    rows, _ = canonicalize(raw, recipe.data, detect(raw, recipe.data).format)  # every row: the first bad one is named
-    first = range(min(TEMPLATE_CHECK_ROWS, len(rows)))
-    conversations = [(describe_row(raw, i), rows[i]["messages"]) for i in first if rows[i].get("messages")]
+    conversations = []
+    for _name, part in recipe.data.source_sections():
+        if is_hub_dataset(part):
+            check_hub_dataset(str(part.path))
+        raw = load_raw(part)
+        rows, _ = canonicalize(raw, part, detect(raw, part).format)  # every row: the first bad one is named
+        first = range(min(TEMPLATE_CHECK_ROWS, len(rows)))
+        conversations += [(describe_row(raw, i), rows[i]["messages"]) for i in first if rows[i].get("messages")]
     renderer = read_chat_template(source) if conversations else None
     if renderer is not None:
         configure_template(renderer, recipe.data.chat_template)

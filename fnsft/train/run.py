@@ -165,11 +165,16 @@ def _load_data(recipe: Recipe, source: Any) -> tuple[Any, Any]:
     check_dataset_pin(recipe.data, data.fingerprint)
     eval_rows = len(data.eval) if data.eval is not None else 0
     _info(
-        f"[bold]data[/] {recipe.data.path}: {data.format} ({data.detection}); "
+        f"[bold]data[/] {recipe.data.describe()}: {data.format} ({data.detection}); "
         f"{data.num_train} train / {eval_rows} eval rows; chat template: {data.template}"
     )
     for line in summary_lines(data.summary):
         _info(f"  {line}")
+    if data.mixture is not None:
+        from fnsft.data.mix import report_lines
+
+        for line in report_lines(data.mixture, recipe.data.mix_by):
+            _info(f"  {line}")
     for warning in data.summary.warnings:
         _warn(warning)
     return tokenizer, data
@@ -241,7 +246,8 @@ def _before_training(recipe: Recipe, run: RunDir, trainer: Any, tokenizer: Any, 
             before = exact_match(
                 trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens, recipe.data.chat_template_kwargs)
             metrics["exact_match_before"] = before.accuracy
-        trainer.add_callback(BeforeTrainingReport(trainer, metrics, data.eval is not None, run.metrics if main else None))
+        trainer.add_callback(BeforeTrainingReport(trainer, metrics, data.eval is not None, run.metrics if main else None,
+                                                  by_source=data.eval_by_source if data.mixture is not None else None))
     else:
         _info(f"resuming from {checkpoint.name}")
     return metrics, probe
@@ -284,6 +290,10 @@ def _after_training(recipe: Recipe, trainer: Any, tokenizer: Any, data: Any, pro
     metrics["global_step"] = trainer.state.global_step
     if data.eval is not None:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    if data.mixture is not None:
+        from fnsft.train.callbacks import eval_loss_by_source
+
+        metrics["eval_loss_after_by_source"] = eval_loss_by_source(trainer, data.eval_by_source)
     if probe:
         after = exact_match(
             trainer.model, tokenizer, probe, recipe.evaluation.max_new_tokens, recipe.data.chat_template_kwargs)
@@ -305,9 +315,10 @@ def _write_manifest(recipe: Recipe, run: RunDir, source: Any, architecture: str,
         recipe,
         model_identity=source.identity,
         architecture=architecture,
-        dataset={"path": recipe.data.path, "format": data.format, "fingerprint": data.fingerprint,
+        dataset={"path": recipe.data.describe(), "format": data.format, "fingerprint": data.fingerprint,
                  "train_rows": data.num_train, "eval_rows": len(data.eval) if data.eval is not None else 0,
-                 "summary": data.summary.to_dict()},
+                 "summary": data.summary.to_dict(),
+                 "sources": [r.to_dict() for r in data.mixture] if data.mixture is not None else None},
         metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
         memory=memory,
         started=started,

@@ -102,6 +102,11 @@ REACHES: dict[str, tuple[str, str, Any]] = {
     "training.lr_scheduler_type": ("sft", "lr_scheduler_type", "linear"),
     "training.warmup_ratio": ("sft", "warmup_steps", 0.5),
     "training.warmup_steps": ("sft", "warmup_steps", 7),
+    "training.longest_batch_first": ("reads", "fnsft.train.run:_build_trainer", None),
+    "data.sources": ("reads", "fnsft.data.mix:prepare_mixture", None),
+    "data.mix": ("reads", "fnsft.data.mix:prepare_mixture", None),
+    "data.mix_by": ("reads", "fnsft.data.mix:prepare_mixture", None),
+    "data.temperature": ("reads", "fnsft.data.mix:prepare_mixture", None),
     "training.weight_decay": ("sft", "weight_decay", 0.5),
     "training.max_grad_norm": ("sft", "max_grad_norm", 0.5),
     "training.optimizer": ("sft", "optim", "sgd"),
@@ -202,6 +207,9 @@ EXAMPLES: dict[str, tuple[dict[str, Any], int]] = {
     "offload goes in your own accelerate config": (
         {"distributed": {"accelerate_config": "x.yaml", "offload": "params"}}, 2),
     "the strategy must be able to offload": ({"distributed": {"strategy": "zero2", "offload": "params"}}, 2),
+    "mixing settings need data.sources": ({"data": {"mix": "concat"}}, 1),
+    "weights and temperature need a mix that reads them": (
+        {"data": {"path": None, "sources": [{"path": "a.jsonl", "weight": 2}, {"path": "b.jsonl"}], "mix": "concat"}}, 1),
     "warmup in steps replaces the ratio": ({"training": {"warmup_steps": 10, "warmup_ratio": 0.1}}, 1),
     "launch settings need several processes": ({"distributed": {"offload": "params"}}, 1),
     "the rendezvous address is for several machines": ({"distributed": {"master_addr": "10.0.0.2"}}, 2),
