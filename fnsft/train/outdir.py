@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from fnsft.errors import TrainError
+from fnsft.hashing import file_sha256
 from fnsft.models import safetensors_problem
 from fnsft.recipe.load import dump_recipe, load_recipe
 from fnsft.recipe.schema import Recipe
@@ -32,24 +33,39 @@ def _step(path: Path) -> int:
 
 
 def write_completion_marker(checkpoint: Path) -> None:
-    """Record every file of a just-written checkpoint with its size; its presence means "complete"."""
+    """Record every file of a just-written checkpoint with its size and SHA-256; its presence means "complete".
+
+    The digests let a resume notice bytes that changed at the same size (a bad disk, a stray write), which a size
+    check cannot; bench/checkpoint_digest.py measures what hashing costs per GB.
+    """
     from fnsft.atomic import atomic_write_json
 
-    files = {p.name: p.stat().st_size for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != COMPLETION_MARKER}
-    atomic_write_json(checkpoint / COMPLETION_MARKER, {"files": files})
+    files = [p for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != COMPLETION_MARKER]
+    atomic_write_json(checkpoint / COMPLETION_MARKER, {
+        "files": {p.name: p.stat().st_size for p in files},
+        "sha256": {p.name: file_sha256(p) for p in files},
+    })
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from (interrupted save, missing or truncated files), or None if complete."""
+def checkpoint_problem(path: Path, *, verify_contents: bool = False) -> str | None:
+    """Why a checkpoint cannot be resumed from (interrupted save, missing, truncated or, with ``verify_contents``,
+    changed files), or None if complete. Markers written before digests were recorded are checked by size only."""
     try:
-        recorded = json.loads((path / COMPLETION_MARKER).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        marker = json.loads((path / COMPLETION_MARKER).read_text(encoding="utf-8"))
+        recorded, digests = marker["files"], marker.get("sha256") or {}
+        if not isinstance(recorded, dict) or not isinstance(digests, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "its save did not finish (no completion marker)"
     for name, size in recorded.items():
         if not (path / name).is_file():
             return f"{name} is missing"
         if (path / name).stat().st_size != size:
             return f"{name} has {(path / name).stat().st_size} bytes, {size} were written"
+    if verify_contents:
+        for name, digest in digests.items():
+            if (path / name).is_file() and file_sha256(path / name) != digest:
+                return f"{name} changed since it was saved (its SHA-256 differs from the one recorded)"
     for name in STATE_FILES:
         if not (path / name).is_file() or (path / name).stat().st_size == 0:
             return f"{name} missing or empty"
@@ -93,10 +109,11 @@ def checkpoints(run: RunDir) -> list[Path]:
     return sorted(found, key=_step)
 
 
-def latest_complete_checkpoint(run: RunDir, warn=None) -> Path | None:
-    """Newest checkpoint that is complete; torn ones are reported through ``warn`` and skipped."""
+def latest_complete_checkpoint(run: RunDir, warn=None, *, verify_contents: bool = False) -> Path | None:
+    """Newest checkpoint that is complete; torn (or, with ``verify_contents``, changed) ones are reported through
+    ``warn`` and skipped."""
     for path in reversed(checkpoints(run)):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, verify_contents=verify_contents)
         if problem is None:
             return path
         if warn is not None:
@@ -151,7 +168,7 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
             if checkpoints(run):
                 raise TrainError(f"{root}: holds an interrupted run of this recipe. Add --resume to continue it.")
         else:
-            found = latest_complete_checkpoint(run, warn)
+            found = latest_complete_checkpoint(run, warn, verify_contents=True)  # what resume will load
             if found is None:
                 warn("no complete checkpoint to resume from: starting from step 0")
             discard_torn_checkpoints(run, found, warn)

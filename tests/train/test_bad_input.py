@@ -55,17 +55,33 @@ def test_damaged_model_weights_in_mask_eval(tiny_llama_dir, tmp_path, alpaca_fil
     assert "Traceback" not in result.output
 
 
-def test_trainer_state_without_state_is_not_resumed_from(tmp_path):
+def _checkpoint(tmp_path: Path, trainer_state: str) -> Path:
     checkpoint = tmp_path / "checkpoint-2"
     checkpoint.mkdir()
     for name in ("optimizer.pt", "scheduler.pt"):
-        (checkpoint / name).write_bytes(b"x")
-    (checkpoint / "trainer_state.json").write_text("{}")
+        (checkpoint / name).write_bytes(b"x" * 64)
+    (checkpoint / "trainer_state.json").write_text(trainer_state)
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     (checkpoint / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
     write_completion_marker(checkpoint)
     assert (checkpoint / COMPLETION_MARKER).is_file()
-    assert "trainer_state.json holds no training state" in checkpoint_problem(checkpoint)
+    return checkpoint
+
+
+def test_trainer_state_without_state_is_not_resumed_from(tmp_path):
+    assert "trainer_state.json holds no training state" in checkpoint_problem(_checkpoint(tmp_path, "{}"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "adapter_model.safetensors"])
+def test_same_size_byte_flip_is_found_by_the_content_digest(tmp_path, name):
+    checkpoint = _checkpoint(tmp_path, json.dumps({"global_step": 2, "log_history": []}))
+    assert checkpoint_problem(checkpoint, verify_contents=True) is None
+    data = bytearray((checkpoint / name).read_bytes())
+    data[-1] ^= 0x01
+    (checkpoint / name).write_bytes(bytes(data))
+    assert checkpoint_problem(checkpoint) is None  # same size: the cheap check cannot see it
+    assert checkpoint_problem(checkpoint, verify_contents=True) == (
+        f"{name} changed since it was saved (its SHA-256 differs from the one recorded)")
 
 
 @pytest.mark.parametrize("content", ["{", "[1, 2]", ""])

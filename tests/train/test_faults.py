@@ -241,6 +241,25 @@ def test_disk_full_at_a_save_then_sigterm_in_the_final_save_then_resume_is_exact
     assert weights_hash(run) == weights_hash(lora_reference["run"])
 
 
+def test_same_size_corruption_of_the_newest_checkpoint_falls_back_and_resumes_exactly(workdir, lora_reference):
+    recipe = recipe_for(workdir, "lora-bitflip")
+    run = workdir["root"] / "lora-bitflip"
+    killed = train(recipe, kill_at="step:5")
+    assert killed.returncode == -signal.SIGKILL, killed.output
+    optimizer = run / "checkpoints" / "checkpoint-4" / "optimizer.pt"
+    assert checkpoint_problem(optimizer.parent) is None
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the content digest can tell
+    optimizer.write_bytes(bytes(data))
+
+    resumed = train(recipe, "--resume")
+    assert resumed.returncode == 0, resumed.output
+    text = " ".join(resumed.stderr.split())
+    assert "skipping checkpoint-4: optimizer.pt changed since it was saved" in text
+    assert "resuming from checkpoint-2" in text
+    assert weights_hash(run) == weights_hash(lora_reference["run"])
+
+
 def test_full_kill_mid_step_with_torn_newest_checkpoint_resumes_exactly(workdir, full_reference):
     recipe = recipe_for(workdir, "full-faults", method="full")
     run = workdir["root"] / "full-faults"
