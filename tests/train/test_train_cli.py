@@ -24,7 +24,9 @@ def invoke(*args: str):
     return runner.invoke(app, join_multi_value_flags([str(a) for a in args]))
 
 
-OWN_OPTIONS = {"recipe", "set_", "resume", "nproc", "dry_run", "probe", "help"}
+#: fnsft's own options of `fnsft train` (declared by hand in commands/train.py); every other option is a guide flag.
+OWN_OPTIONS = {"recipe", "set_", "resume", "nproc", "nnodes", "node_rank", "master_addr", "master_port", "dry_run",
+               "probe", "help"}
 
 
 def train_command():
