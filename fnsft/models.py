@@ -193,17 +193,14 @@ def read_chat_template(source: ModelSource) -> TemplateRenderer | None:
     """The model's chat template and special tokens, read from its files without loading the tokenizer (no
     torch). None for Hub models (their files are not here yet)."""
     if source.kind == "gguf" and not (gguf_cache_dir(source) / "config.json").is_file():
-        from gguf import GGUFReader
+        from fnsft.errors import EstimateError
+        from fnsft.estimate.gguf_shape import gguf_metadata
 
-        fields = GGUFReader(source.identity["file"]).fields
-        tokens = fields.get("tokenizer.ggml.tokens")
-        template = fields.get("tokenizer.chat_template")
-        special = {}
-        for name in ("bos_token", "eos_token", "unk_token"):
-            index = fields.get(f"tokenizer.ggml.{name.removesuffix('_token')}_token_id")
-            if index is not None and tokens is not None:
-                special[name] = tokens.contents(int(index.contents()))
-        return TemplateRenderer(template.contents() if template is not None else None, special)
+        try:
+            metadata = gguf_metadata(Path(source.identity["file"]))
+        except EstimateError:  # an architecture the estimator does not know: transformers will judge the file
+            return None
+        return TemplateRenderer(metadata["fnsft_chat_template"], metadata["fnsft_special_tokens"])
     if source.kind == "hub":
         return None
     directory = Path(pretrained_path(source))

@@ -61,11 +61,18 @@ def fact_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[Fact
     ]
 
 
+def _holds_nothing(path: Path) -> bool:
+    """Absent, or left empty (but for a stale lock) by a start that was interrupted: free to use."""
+    from fnsft.train.outdir import SCRATCH_NAMES
+
+    return not path.exists() or (path.is_dir() and all(p.name in SCRATCH_NAMES for p in path.iterdir()))
+
+
 def default_output_dir(run: RunDir) -> Path:
-    """RUN-reproduce, or RUN-reproduce-2, -3, ... when taken."""
+    """RUN-reproduce, or RUN-reproduce-2, -3, ... when one holds something."""
     candidate = run.root.with_name(f"{run.root.name}-reproduce")
     number = 2
-    while candidate.exists():
+    while not _holds_nothing(candidate):
         candidate = run.root.with_name(f"{run.root.name}-reproduce-{number}")
         number += 1
     return candidate
@@ -121,6 +128,9 @@ def reproduce(run_dir: str | Path, output_dir: str | Path | None = None, *, allo
     target = Path(output_dir) if output_dir is not None else default_output_dir(run)
     recipe = reproduction_recipe(run, recorded, target, allow_changed_inputs)
     check_model_identity(recipe, recorded, allow_changed_inputs)
+    from fnsft.console import err
+
+    err.print(f"reproducing {run.root} into {target}", highlight=False)
     result = run_training(recipe)
     return ReproduceReport(
         original=str(run.root),

