@@ -67,3 +67,13 @@ def test_env_reports_versions_as_json():
     assert result.exit_code == 0
     info = json.loads(result.output)
     assert info["packages"]["trl"] and "cuda_available" in info["devices"]
+
+
+def test_env_prints_a_table_one_package_per_row():
+    import re
+
+    result = runner.invoke(app, ["env"], env={"COLUMNS": "100"})
+    info = json.loads(runner.invoke(app, ["env", "--json"]).output)
+    assert result.exit_code == 0 and "{" not in result.output  # no raw JSON blob
+    for name, version in info["packages"].items():
+        assert re.search(rf"│\s+{re.escape(name)}\s+│\s+{re.escape(version)}\s+│", result.output), name

@@ -19,7 +19,15 @@ def env(json_output: bool = typer.Option(False, "--json", help="Machine-readable
         return
     from rich.table import Table
 
-    table = Table(title="fnsft environment", show_header=False)
+    table = Table(title="fnsft environment (--json for all of it as JSON)", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
     for key, value in info.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+        if isinstance(value, dict):  # one row per entry, under a section row (versions, devices, caches)
+            table.add_section()
+            table.add_row(key, "")
+            for name, item in value.items():
+                table.add_row(f"  {name}", json.dumps(item) if isinstance(item, dict | list) else str(item))
+            continue
+        table.add_row(key, json.dumps(value) if isinstance(value, list) else str(value))
     out.print(table)

@@ -161,7 +161,7 @@ def evaluate(
     from fnsft.console import err, out
     from fnsft.mask.build import cap_tokens, sample_sequences
     from fnsft.mask.capture import describe_architecture
-    from fnsft.mask.evaluate import lesion_test, save_report
+    from fnsft.mask.evaluate import distinct_token_share, lesion_test, save_report, verdict
     from fnsft.mask.inputs import load_model, sources_from, token_sequences
     from fnsft.mask.maskfile import check_against_model, load_mask
 
@@ -185,5 +185,9 @@ def evaluate(
         table.add_row(c.name, str(c.neurons), f"{100 * c.share:.2f}", f"{c.loss:.4f}",
                       "" if c.loss_std is None else f"{c.loss_std:.4f}", f"{c.perplexity:.2f}", f"{c.loss - report.baseline:+.4f}")
     out.print(table)
-    json_path, png_path = save_report(report, out_dir or file.with_name(f"{file.stem}-lesion"))
+    reading = verdict(report, distinct_token_share(sequences))
+    out.print(reading.reading, highlight=False)
+    for warning in reading.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    json_path, png_path = save_report(report, out_dir or file.with_name(f"{file.stem}-lesion"), reading)
     out.print(f"wrote {json_path} and {png_path}")

@@ -91,6 +91,52 @@ class LesionReport:
         return data
 
 
+#: Below these the lesion test says its verdict means little: too few tokens, or text that repeats itself.
+MIN_EVAL_TOKENS = 4096
+MIN_DISTINCT_TOKEN_SHARE = 0.1
+#: How many standard deviations of the random sets' losses the union must exceed to count as "more".
+Z_THRESHOLD = 2.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Does lesioning the networks hurt more than lesioning random neurons of the same number?"""
+
+    z_scores: dict[str, float | None]  # control kind → (union loss - control mean) / control std; None: std is 0
+    matters: bool
+    reading: str
+    warnings: list[str]
+
+
+def verdict(report: LesionReport, distinct_token_share: float | None = None) -> Verdict:
+    """z-scores of the union lesion against each random control, a one-line reading and sample-size warnings."""
+    union = next(c for c in report.conditions if c.kind == "union")
+    z_scores: dict[str, float | None] = {}
+    for control in (c for c in report.conditions if c.kind.startswith("random-")):
+        spread = control.loss_std or 0.0
+        z_scores[control.kind] = (union.loss - control.loss) / spread if spread > 0 else None
+    matters = bool(z_scores) and all(z is not None and z >= Z_THRESHOLD for z in z_scores.values())
+    shown = ", ".join(f"z = {z:+.2f} vs {kind}" if z is not None else f"z undefined vs {kind} (no spread)"
+                      for kind, z in z_scores.items())
+    reading = (f"networks matter more than random sets of the same size: {'yes' if matters else 'no'} at this sample "
+               f"size ({shown}; yes needs z ≥ {Z_THRESHOLD:g} against every control, {report.draws} draws each)")
+    warnings = []
+    if report.eval_tokens < MIN_EVAL_TOKENS:
+        warnings.append(f"only {report.eval_tokens} evaluation tokens (fewer than {MIN_EVAL_TOKENS}): the losses are "
+                        "noisy, so the test can hardly tell networks from random sets; use more or longer eval text")
+    if distinct_token_share is not None and distinct_token_share < MIN_DISTINCT_TOKEN_SHARE:
+        warnings.append(f"the evaluation text is very uniform (only {100 * distinct_token_share:.1f}% distinct "
+                        "tokens): any lesion disturbs it alike; evaluate on more varied text")
+    if report.draws < 5:
+        warnings.append(f"{report.draws} random draws per control: the spread is a rough guess; use --draws 5 or more")
+    return Verdict(z_scores, matters, reading, warnings)
+
+
+def distinct_token_share(sequences: Sequence[list[int]]) -> float:
+    tokens = [token for sequence in sequences for token in sequence]
+    return len(set(tokens)) / max(len(tokens), 1)
+
+
 def channel_rms(model, mask: MaskFile, sequences, *, pad_token_id: int, batch_size: int) -> np.ndarray:
     """RMS of every captured channel over the eval tokens: (layers × width)."""
     squares = np.zeros(len(mask.layers) * mask.width)
@@ -146,7 +192,15 @@ def lesion_test(
     def size(sets: dict[int, set[int]]) -> int:
         return sum(len(n) for n in sets.values())
 
-    step = progress or (lambda _name: None)
+    report_step = progress or (lambda _name: None)
+    total_steps = len(mask.components) + 2 * draws + 3
+    done = 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        done += 1
+        report_step(f"condition {done}/{total_steps} ({total_steps - done} after this): {name}")
+
     conditions = []
     step("unmasked")
     conditions.append(Condition("unmasked", "baseline", 0, 0.0, loss_with(None)))
@@ -205,12 +259,13 @@ def layer_matched_sets(rng: np.random.Generator, reference: dict[int, set[int]],
     return chosen
 
 
-def save_report(report: LesionReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write lesion.json and lesion.png (Δ loss per condition, random sets with ± std) into ``out_dir``."""
+def save_report(report: LesionReport, out_dir: str | Path, reading: Verdict | None = None) -> tuple[Path, Path]:
+    """Write lesion.json (with the verdict, when given) and lesion.png (Δ loss per condition, random sets with
+    ± std) into ``out_dir``."""
     plt = pyplot()
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / "lesion.json", out_dir / "lesion.png"
-    atomic_write_json(json_path, report.to_dict())
+    atomic_write_json(json_path, {**report.to_dict(), **({"verdict": asdict(reading)} if reading else {})})
     shown = report.conditions[1:]
     deltas = [c.loss - report.baseline for c in shown]
     errors = [c.loss_std or 0.0 for c in shown]

@@ -25,12 +25,13 @@ class RichProgressCallback(TrainerCallback):
         self.progress: Progress | None = None
         self.task = None
         self.last: dict[str, float] = {}
+        self.eval_step: int | None = None  # the step the shown eval loss was computed at
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not err.is_terminal or not state.is_world_process_zero:
             return
         self.progress = Progress(
-            TextColumn("[bold]training[/]"),
+            TextColumn("[bold]{task.fields[phase]}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
@@ -40,29 +41,45 @@ class RichProgressCallback(TrainerCallback):
             transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="")
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="",
+                                           phase="training")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, stats=self._stats())
 
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.progress is not None:  # the bar stands still while the held-out rows are evaluated: say so
+            label = "evaluating before training" if state.global_step == 0 else f"evaluating at step {state.global_step}"
+            self.progress.update(self.task, phase=label)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, phase="training")
+
     def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
         for key in ("loss", "eval_loss", "learning_rate"):
-            if logs and key in logs:
+            if key in logs:
                 self.last[key] = logs[key]
+        if "eval_loss" in logs:
+            self.eval_step = state.global_step
         if self.progress is not None:
             self.progress.update(self.task, stats=self._stats())
-        elif logs and ("loss" in logs or "eval_loss" in logs) and state.is_world_process_zero:
-            err.print(f"step {state.global_step}/{state.max_steps}  {self._stats()}", highlight=False)
+        elif ("loss" in logs or "eval_loss" in logs) and state.is_world_process_zero:
+            # one line per log event, with only what that event computed (no repeated eval loss, no repeated step)
+            shown = self._stats(logs, eval_label="eval")
+            err.print(f"step {state.global_step}/{state.max_steps}  {shown}", highlight=False)
 
-    def _stats(self) -> str:
+    def _stats(self, values: dict[str, float] | None = None, eval_label: str | None = None) -> str:
+        values = self.last if values is None else values
         parts = []
-        if "loss" in self.last:
-            parts.append(f"loss {self.last['loss']:.4f}")
-        if "eval_loss" in self.last:
-            parts.append(f"eval {self.last['eval_loss']:.4f}")
-        if "learning_rate" in self.last:
-            parts.append(f"lr {self.last['learning_rate']:.2e}")
+        if "loss" in values:
+            parts.append(f"loss {values['loss']:.4f}")
+        if "eval_loss" in values:
+            parts.append(f"{eval_label or f'eval@{self.eval_step}'} {values['eval_loss']:.4f}")
+        if "learning_rate" in values:
+            parts.append(f"lr {values['learning_rate']:.2e}")
         return "  ".join(parts)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fnsft.console import err
 from fnsft.data.templates import render
 
 
@@ -37,9 +38,15 @@ def exact_match(model: Any, tokenizer: Any, conversations: list[list[dict]], max
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only generation needs the prompt flush against the new tokens
     answers: list[str] = []
+    # generation takes minutes on CPU with nothing else moving: say what is happening and how far it is
+    status = err.status(f"answering {len(prompts)} held-out questions") if err.is_terminal else None
     try:
+        if status is not None:
+            status.start()
         device = next(model.parameters()).device
         for start in range(0, len(prompts), batch_size):
+            if status is not None:
+                status.update(f"answering held-out questions: {start}/{len(prompts)} done")
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 generated = model.generate(
@@ -48,6 +55,8 @@ def exact_match(model: Any, tokenizer: Any, conversations: list[list[dict]], max
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
+        if status is not None:
+            status.stop()
         tokenizer.padding_side = padding_side
         model.train(was_training)
     examples = [

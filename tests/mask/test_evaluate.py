@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fnsft.mask.apply import NeuronMasks
@@ -65,3 +66,28 @@ def test_lesion_test_report_json_and_png(tiny_llama, token_seqs, built_mask, tmp
     json_path, png_path = save_report(report, tmp_path / "out")
     saved = json.loads(json_path.read_text())
     assert saved["conditions"][0]["delta_loss"] == 0 and png_path.stat().st_size > 1000
+
+
+def _report(union: float, uniform: tuple[float, float], matched: tuple[float, float], tokens: int = 10_000, draws: int = 5):
+    from fnsft.mask.evaluate import Condition, LesionReport
+
+    conditions = [Condition("unmasked", "baseline", 0, 0.0, 3.0), Condition("union top-2", "union", 10, 0.1, union),
+                  Condition("u", "random-uniform", 10, 0.1, uniform[0], uniform[1]),
+                  Condition("m", "random-layer-matched", 10, 0.1, matched[0], matched[1])]
+    return LesionReport("m.json", "tiny", tokens, 10, 2, draws, 0, {}, conditions)
+
+
+def test_the_verdict_is_yes_only_when_the_union_beats_every_control_by_two_sigma():
+    from fnsft.mask.evaluate import verdict
+
+    clear = verdict(_report(union=10.93, uniform=(3.5, 0.5), matched=(4.0, 1.0)))
+    assert clear.matters and clear.z_scores == pytest.approx({"random-uniform": 14.86, "random-layer-matched": 6.93})
+    assert "networks matter more than random sets of the same size: yes" in clear.reading and not clear.warnings
+    # the quickstart's numbers from the issue: +7.93 against +7.53 ± 4.01 (uniform) and +10.70 ± 2.11 (matched)
+    quickstart = verdict(_report(union=3 + 7.93, uniform=(3 + 7.53, 4.01), matched=(3 + 10.70, 2.11), tokens=1200))
+    assert not quickstart.matters and ": no at this sample size" in quickstart.reading
+    assert quickstart.z_scores["random-uniform"] == pytest.approx(0.40 / 4.01)
+    assert any("only 1200 evaluation tokens" in w for w in quickstart.warnings)
+    uniform_text = verdict(_report(10.0, (3.5, 0.5), (4.0, 1.0), draws=2), distinct_token_share=0.03)
+    assert any("very uniform" in w for w in uniform_text.warnings) and any("2 random draws" in w for w in uniform_text.warnings)
+    assert verdict(_report(10.0, (3.5, 0.0), (4.0, 1.0))).z_scores["random-uniform"] is None  # no spread: no z, no yes

@@ -124,7 +124,9 @@ def test_a_cached_model_with_the_hub_unreachable_points_at_hf_hub_offline(env, t
     (cache / "refs" / "main").write_text("a" * 40)
     (cache / "snapshots" / ("a" * 40)).mkdir(parents=True)
     (cache / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read once, at import
     monkeypatch.setenv("HF_ENDPOINT", env["HF_ENDPOINT"])
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(ModelError, match="The model is in the local cache: rerun with HF_HUB_OFFLINE=1"):
