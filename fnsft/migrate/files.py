@@ -82,6 +82,10 @@ def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | 
     header = [f"{roundtrip.HEADER_PREFIX}: {migration.source_method} → {migration.target_method} from {path}"
               + (f" (recipe version {upgraded.from_version} upgraded to {upgraded.to_version})" if upgraded else ""),
               f"{roundtrip.HEADER_PREFIX}: made by `{command}`"]
+    if migration.source_method != migration.target_method and roundtrip.has_user_header(root):
+        header.append(f"{roundtrip.HEADER_PREFIX}: the comment lines below were written for the source "
+                      f"({migration.source_method}) recipe and are kept as written: check them against this "
+                      f"{migration.target_method} one")
     apply_to_yaml(root, changes, header)
     return _finish(path, root, result, changes=changes, upgrade=upgraded, warnings=lr_warnings(result),
                    peak_bytes=peak)

@@ -205,6 +205,13 @@ def flow_list(items: Iterable[Any]) -> CommentedSeq:
     return seq
 
 
+def has_user_header(root: CommentedMap) -> bool:
+    """The file starts with comment lines of its own (not fnsft's)."""
+    comment = root.ca.comment
+    tokens = (comment[1] or []) if comment else []
+    return any(t.value.strip("# \n") and not t.value.lstrip("# ").startswith(HEADER_PREFIX) for t in tokens)
+
+
 def set_header(root: CommentedMap, lines: list[str]) -> None:
     """Replace fnsft's header lines at the top of the file (previous ones included), keeping the user's."""
     comment = root.ca.comment

@@ -106,7 +106,8 @@ def test_migrating_twice_replaces_the_notes_instead_of_piling_them_up(tmp_path):
     once = tmp_path / "full.yaml"
     once.write_text(migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="c1").text)
     back = migrate_file(once, "peft", command="c2").text
-    assert back.count("fnsft migrate-config:") == 2  # a fresh header, not the first run's too
+    assert back.count("fnsft migrate-config:") == 3  # a fresh header (3 lines), not the first run's too
+    assert back.count("fnsft migrate-config: made by") == 1
     assert "c1" not in back
     assert back.count("# was ") == sum(1 for line in back.splitlines() if "# was " in line)  # one note per line
     assert "full fine-tuning" not in back.replace("back from full", "")
@@ -135,3 +136,11 @@ def test_untouched_values_keep_their_exact_value(tmp_path):
     result = migrate_file(source, "qlora", command="c")
     assert result.recipe.training.weight_decay == 5.960464477539063e-08
     assert "max_grad_norm: 0.30000000000000004" in result.text
+
+
+def test_the_source_header_is_marked_as_the_source_recipes_after_a_method_change():
+    result = migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="c")
+    lines = result.text.splitlines()
+    assert lines[2] == ("# fnsft migrate-config: the comment lines below were written for the source (lora) recipe "
+                        "and are kept as written: check them against this full one")
+    assert lines[3] == "# LoRA on a 7B model, the guide's PEFT best practices."
