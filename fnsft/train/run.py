@@ -370,6 +370,9 @@ def _print_summary(run: RunDir, target: Path, metrics: dict[str, Any]) -> None:
     if "eval_loss_after" in metrics:
         before = metrics.get("eval_loss_before")
         table.add_row("eval loss", f"{before:.4f}" if before is not None else "-", f"{metrics['eval_loss_after']:.4f}")
+    for name, after in metrics.get("eval_loss_after_by_source", {}).items():  # a mixture: each source's held-out rows
+        before = metrics.get("eval_loss_before_by_source", {}).get(name)
+        table.add_row(f"  eval loss: {name}", f"{before:.4f}" if before is not None else "-", f"{after:.4f}")
     if "exact_match_after" in metrics:
         before = metrics.get("exact_match_before")
         n = metrics["exact_match_samples"]
