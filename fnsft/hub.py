@@ -69,6 +69,7 @@ def _folder_items(folder: Path, prefix: str = "") -> list[UploadItem]:
         UploadItem(path_in_repo=prefix + item.path.relative_to(folder).as_posix(), local_path=item.path, size=item.size)
         for item in list_files(folder)
         if item.path.name not in SKIPPED_NAMES
+        and not any(part.startswith(".") for part in item.path.relative_to(folder).parts)  # staging, temporaries
     ]
 
 
@@ -111,7 +112,7 @@ def _export_items(run: RunDir, kinds: list[ArtifactKind]) -> list[UploadItem]:
             raise ExportError(f"{run.root}: no merged model to push; run `fnsft export {run.root} --merge` first")
         items += _folder_items(merged)
     if "gguf" in kinds:
-        ggufs = sorted(run.exports.glob("*.gguf")) if run.exports.is_dir() else []
+        ggufs = sorted(p for p in run.exports.glob("*.gguf") if not p.name.startswith(".")) if run.exports.is_dir() else []
         if not ggufs:
             raise ExportError(f"{run.root}: no GGUF files to push; run `fnsft export {run.root} --gguf q8_0` first")
         items += [UploadItem(path_in_repo=p.name, local_path=p, size=p.stat().st_size) for p in ggufs]

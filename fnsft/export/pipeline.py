@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,25 @@ def artifact_stem(run: RunDir, recipe: Recipe) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
+#: Temporary names an export killed mid-write leaves in RUN_DIR/exports (fnsft.atomic staging, K-quant input).
+EXPORT_STAGING = (".*.tmp-*", ".*.tmp", ".*.old-*", ".*.f16.gguf")
+
+
+def remove_export_staging(run: RunDir) -> None:
+    """Delete what a killed export left half-written (a 250 MB merged staging dir is typical)."""
+    if not run.exports.is_dir():
+        return
+    from fnsft.console import warn
+
+    for pattern in EXPORT_STAGING:
+        for path in run.exports.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            warn(f"removed {path.name}, left by an interrupted export")
+
+
 def export_run(
     run_path: str | Path,
     *,
@@ -150,6 +170,7 @@ def export_run(
     if not merge and not gguf_types:
         raise ExportError("nothing to export: give --merge and/or --gguf TYPE")
     run, recipe, _manifest = open_run(run_path)
+    remove_export_staging(run)
     result = ExportResult()
     if gguf_types:
         check_exportable(_model_config(run, recipe), gguf_types, llama_quantize)

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 #: itself that signal during step N, to exercise the real handler at a known step; N=0: before training starts).
 #: A suffix ``@R`` limits any of them to the process of rank R (multi-process runs).
 TEST_KILL_ENV = "FNSFT_TEST_KILL_AT"
-#: Also ``enospc:N`` (checkpoint-N's optimizer state fails to write with ENOSPC, as on a full disk) and
+#: Also ``export:0`` (SIGKILL `fnsft export` mid-merge), ``enospc:N`` (checkpoint-N's optimizer state fails to write with ENOSPC, as on a full disk) and
 #: ``finalsave:0`` (SIGTERM once the final adapter/model weights are written into their staging directory).
 POINTS = ("step", "save", "eval", "sigterm", "sigint", "enospc", "finalsave")
 
@@ -98,7 +98,10 @@ def arm(trainer: Any) -> None:
 
 
 def install() -> None:
-    """Arm every trainer that fnsft.train.run builds in this process."""
+    """Arm every trainer that fnsft.train.run builds in this process (or, for ``export:0``, the export)."""
+    if os.environ.get(TEST_KILL_ENV, "").startswith("export:"):
+        install_export_kill()
+        return
     from fnsft.train import run
 
     build_trainer = run._build_trainer
@@ -109,3 +112,17 @@ def install() -> None:
         return trainer, progress
 
     run._build_trainer = build_armed_trainer
+
+
+def install_export_kill() -> None:
+    """``export:0``: SIGKILL `fnsft export` once the first merged shard is written into its staging directory."""
+    from fnsft.export import merge
+
+    write_streaming = merge.write_streaming
+
+    def killing_write(*args: Any, **kwargs: Any) -> Any:
+        result = write_streaming(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    merge.write_streaming = killing_write
