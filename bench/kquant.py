@@ -140,8 +140,12 @@ def main() -> None:
                 row = {"model": label, "type": qtype, **measure(model_dir, qtype, Path(scratch))}
                 print(json.dumps(row), flush=True)
                 results.append(row)
-    (args.out / "kquant.json").write_text(json.dumps({"results": results}, indent=2) + "\n")
-    plot(results, args.out / "kquant.png")
+                write(results, args.out)  # after every row: the 1B model takes long on a busy machine
+
+
+def write(results: list[dict], out: Path) -> None:
+    (out / "kquant.json").write_text(json.dumps({"results": results}, indent=2) + "\n")
+    plot(results, out / "kquant.png")
 
 
 if __name__ == "__main__":

@@ -126,10 +126,13 @@ def _samples_from_rows(rows: list[dict], tokenizer: Any) -> list[Sample]:
 
 def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> tuple[list[Sample], str]:
     """Examples to compare on: --verify-data, else the run's eval split rebuilt with its seed, else fixed texts."""
+    from datasets.utils.logging import disable_progress_bar
+
     from fnsft.data.load import load_raw
     from fnsft.data.prepare import canonicalize, detect, split
     from fnsft.errors import DataError
 
+    disable_progress_bar()
     if verify_data is not None:
         section = recipe.data.model_copy(update={"path": str(verify_data), "eval_split": None,
                                                  "max_samples": None, "fingerprint": None})
@@ -148,7 +151,8 @@ def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> t
         return _samples_from_rows([{"text": t} for t in FALLBACK_TEXTS], tokenizer), (
             f"{len(FALLBACK_TEXTS)} built-in texts (the run has no eval split; give --verify-data)")
     rows = [evaluation[i] for i in range(min(len(evaluation), MAX_SAMPLES))]
-    return _samples_from_rows(rows, tokenizer), f"eval split of {recipe.data.describe()} ({len(rows)} rows)"
+    return _samples_from_rows(rows, tokenizer), (
+        f"{len(rows)} of the {len(evaluation)} held-out rows of {recipe.data.describe()}")
 
 
 class _Encoded:
