@@ -357,12 +357,15 @@ def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelSh
     Raises:
         EstimateError: unsupported model_type or missing keys.
     """
+    if not isinstance(config, dict):
+        raise EstimateError(f"{name}: a model config is a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type", "")
     if isinstance(config.get("text_config"), dict) and model_type not in SUPPORTED_TYPES:
         config = config["text_config"]
         model_type = config.get("model_type", "")
     if model_type == "gemma3":
         model_type = "gemma3_text"
+    config = {key: value for key, value in config.items() if value is not None}  # null = not given
     check_shape_ranges(config, name)
     try:
         if model_type in LLAMA_LIKE:
@@ -376,4 +379,6 @@ def shape_from_config(config: dict[str, Any], name: str, source: str) -> ModelSh
             )
     except KeyError as missing:
         raise EstimateError(f"{name}: config has no {missing} (needed for the memory estimate)") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. a size given as text or a list
+        raise EstimateError(f"{name}: config values the estimator cannot use ({exc})") from None
     return ModelShape(name=name, model_type=model_type, source=source, **fields)
