@@ -46,6 +46,7 @@ class PreemptionCallback(TrainerCallback):
         self.finished_training: tuple[Path | None, Path] | None = None  # (last complete checkpoint, recipe file)
         self._previous: dict[int, Any] = {}
         self._timing = SaveTiming()
+        self._stop_step: int | None = None  # the step all ranks agreed to stop (and save) at
 
     @contextmanager
     def installed(self) -> Iterator[PreemptionCallback]:
@@ -92,13 +93,15 @@ class PreemptionCallback(TrainerCallback):
         self._timing.sized_for(model)
         return control
 
-    def _stop_and_save(self, control: Any) -> Any:
+    def _stop_and_save(self, state: Any, control: Any) -> Any:
         self.signum = agreed_signal(self.signum)
         if self.signum is not None:
-            control.should_save = True
             control.should_training_stop = True
             control.should_evaluate = False  # the checkpoint first: an evaluation due now would only delay it
-            self._timing.save_started()
+            if self._stop_step != state.global_step:
+                self._stop_step = state.global_step
+                control.should_save = True
+                self._timing.save_started()
         return control
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -109,10 +112,19 @@ class PreemptionCallback(TrainerCallback):
         self._timing.step_ended()
         if control.should_save and not control.should_evaluate:  # an evaluation first would blur the write speed
             self._timing.save_started()
-        return self._stop_and_save(control)
+        return self._stop_and_save(state, control)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        return self._stop_and_save(control)
+        return self._stop_and_save(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # Stopping ends the epoch early: its end-of-epoch evaluation (eval_strategy epoch) would run the held-out
+        # rows and then, through on_evaluate, write the stop checkpoint a second time. Neither is needed. Every
+        # rank agreed on the stop step, so every rank skips both.
+        if self._stop_step == state.global_step:
+            control.should_evaluate = False
+            control.should_save = False
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         took = self._timing.save_ended(Path(args.output_dir) / f"checkpoint-{state.global_step}")
