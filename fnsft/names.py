@@ -29,3 +29,5 @@ Optimizer = Literal[
 EstimateOptimizer = Literal["adamw", Optimizer]
 #: Optimizers with 32-bit AdamW states that the 8-bit AdamW can stand in for (same algorithm, quantized states).
 FULL_PRECISION_ADAMW: tuple[EstimateOptimizer, ...] = ("adamw", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit")
+#: How a neuron mask is applied: lesion zeroes the selected neurons, preserve keeps only them.
+MaskMode = Literal["lesion", "preserve"]

@@ -32,7 +32,7 @@ def _rows(columns: np.ndarray, n_blocks: int) -> np.ndarray:
     return columns.T.reshape(n_blocks, QK_K)
 
 
-def _fp16(values: np.ndarray) -> np.ndarray:
+def _fp16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """GGML_FP32_TO_FP16 (round to nearest even), and its value back as float32."""
     half = values.astype(np.float16)
     return half, half.astype(F32)

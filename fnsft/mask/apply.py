@@ -30,11 +30,10 @@ from fnsft.mask.capture import (
     parse_layer_spec,
 )
 from fnsft.mask.maskfile import MaskFile, check_against_model, load_mask
+from fnsft.names import MaskMode
 
-Mode = Literal["lesion", "preserve"]
 
-
-def keep_vector(width: int, neurons: Iterable[int], mode: Mode):
+def keep_vector(width: int, neurons: Iterable[int], mode: MaskMode):
     """1.0 where the channel passes, 0.0 where it is zeroed (float32, CPU)."""
     import torch
 
@@ -51,7 +50,7 @@ def keep_vector(width: int, neurons: Iterable[int], mode: Mode):
 class NeuronMasks:
     """Forward hooks multiplying each masked layer's capture point by a 0/1 vector. ``remove()`` undoes them."""
 
-    def __init__(self, model, layer_sets: Mapping[int, Iterable[int]], *, mode: Mode, capture: CapturePoint,
+    def __init__(self, model, layer_sets: Mapping[int, Iterable[int]], *, mode: MaskMode, capture: CapturePoint,
                  width: int, layers: Iterable[int]):
         self.mode = mode
         self.capture = capture
@@ -99,7 +98,7 @@ class NeuronMasks:
         self._handles.clear()
 
 
-def apply_mask(model, mask: MaskFile, components: list[int] | Literal["all"], mode: Mode,
+def apply_mask(model, mask: MaskFile, components: list[int] | Literal["all"], mode: MaskMode,
                layers: str | list[int] | None = None) -> NeuronMasks:
     """Hook the union of ``components`` of ``mask`` into ``model`` (already checked against it)."""
     ids = component_ids(mask, components)

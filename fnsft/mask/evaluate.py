@@ -25,6 +25,7 @@ from fnsft.mask.apply import NeuronMasks
 from fnsft.mask.capture import batched, iter_activations, pad_batch
 from fnsft.mask.maskfile import MaskFile
 from fnsft.mask.report import pyplot, save_figure
+from fnsft.names import MaskMode
 
 
 def eval_loss(model, sequences: Sequence[list[int]], *, pad_token_id: int, batch_size: int = 8) -> float:
@@ -181,7 +182,7 @@ def lesion_test(
     def without_excluded(sets: dict[int, set[int]]) -> dict[int, set[int]]:
         return {layer: neurons - excluded.get(layer, set()) for layer, neurons in sets.items()}
 
-    def loss_with(sets: dict[int, set[int]] | None, mode: str = "lesion") -> float:
+    def loss_with(sets: dict[int, set[int]] | None, mode: MaskMode = "lesion") -> float:
         hooks = None if sets is None else NeuronMasks(model, sets, mode=mode, capture=mask.capture, width=width, layers=layers)
         try:
             return eval_loss(model, sequences, pad_token_id=pad_token_id, batch_size=batch_size)

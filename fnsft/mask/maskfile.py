@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,8 +17,8 @@ from fnsft.atomic import atomic_write_text
 from fnsft.errors import MaskError
 from fnsft.mask.capture import Architecture, CapturePoint
 
-SCHEMA = "fnsft.mask"
-SCHEMA_VERSION = 1
+SCHEMA: Final = "fnsft.mask"
+SCHEMA_VERSION: Final = 1
 NUMBER_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*\]")
 
 

@@ -52,7 +52,7 @@ def parse_yaml_file(path: str | Path) -> CommentedMap:
         raise RecipeError(f"{path}: invalid YAML: {exc}") from None
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty")
-    if not isinstance(data, Mapping):
+    if not isinstance(data, CommentedMap):  # the round-trip loader reads every mapping as one
         raise RecipeError(f"{path}:1: a recipe must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
     check_expanded_size(data, str(path))
     return data
@@ -263,7 +263,7 @@ def dump_recipe(recipe: Recipe) -> str:
     out = io.StringIO()
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]  # keep schema order
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # keep schema order (ruamel types it None)
     yaml.representer.add_representer(float, _represent_float)
     yaml.dump(recipe.to_dict(), out)
     return out.getvalue()

@@ -98,7 +98,7 @@ def strip_generated_comments(node: Any) -> None:
         slot = 0 if isinstance(node, CommentedSeq) else 2
         token = _token(node, key, slot)
         eol, following = split_comment(token.value) if token else (None, "")
-        if eol is None or not GENERATED_COMMENT.match(eol):
+        if token is None or eol is None or not GENERATED_COMMENT.match(eol):
             continue
         _, _, user = eol.partition("  # ")
         _set_token(node, key, slot, (f"# {user}\n" if user else "\n") + following, token.column)

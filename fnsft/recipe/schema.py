@@ -8,13 +8,13 @@ This module imports no torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fnsft.names import MethodName, Optimizer, Precision
+from fnsft.names import MaskMode, MethodName, Optimizer, Precision
 
-CURRENT_VERSION = 1
+CURRENT_VERSION: Final = 1
 
 ReportTarget = Literal["none", "tensorboard", "wandb", "trackio"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
@@ -213,7 +213,7 @@ class TrainingSection(Section):
 
 class OutputSection(Section):
     dir: str = Field("runs/fnsft-run", description="Run directory: resolved recipe, manifest, checkpoints, adapter/model.")
-    report_to: list[ReportTarget] = Field(default_factory=lambda: ["none"])
+    report_to: list[ReportTarget] = Field(default_factory=lambda: list[ReportTarget](["none"]))
     run_name: str | None = None
 
 
@@ -233,7 +233,7 @@ class MaskSection(Section):
         description="Mask file written by `fnsft mask build` (alias: file). Unset: built from the training data at "
         "the start of the run with `fnsft mask build` defaults and saved as RUN_DIR/mask.json.",
     )
-    mode: Literal["lesion", "preserve"] = Field(
+    mode: MaskMode = Field(
         "lesion", description="lesion: zero the selected neurons; preserve: zero all others. Aliases: key, complement."
     )
     components: list[int] | Literal["all"] = Field(default_factory=lambda: [0], description="Component ids, or all.")

@@ -284,7 +284,7 @@ def _unmapped_reason(key: str, value: Any, flat: Mapping[str, Any]) -> str | Non
     return None
 
 
-def _nest(changes: Mapping[str, Any], flat: CommentedMap, sources: Mapping[str, str]) -> CommentedMap:
+def _nest(changes: Mapping[str, Any], flat: Mapping[str, Any], sources: Mapping[str, str]) -> CommentedMap:
     """Build the nested v1 map in schema order, carrying each old key's comments to the key it became."""
     root = CommentedMap()
     root["version"] = 1
