@@ -21,9 +21,9 @@ test:
 test-slow:
     .venv/bin/python -m pytest -m slow
 
-# Lint Python (ruff), the Dockerfile (hadolint) and the GitHub workflows (actionlint)
+# Lint Python (ruff, mypy), the Dockerfile (hadolint) and the GitHub workflows (actionlint)
 lint:
-    .venv/bin/ruff check . && .venv/bin/hadolint docker/Dockerfile && .venv/bin/actionlint
+    .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/hadolint docker/Dockerfile && .venv/bin/actionlint
 
 # Run every benchmark in bench/ (each writes JSON + PNG into bench/results/)
 bench:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
@@ -30,6 +30,9 @@ from fnsft.errors import ExitStatus, FnsftError
 TRACEBACK_FLAG = "--traceback"
 TRACEBACK_ENV = "FNSFT_TRACEBACK"
 
+if TYPE_CHECKING:
+    from typer._click import Context  # typer's own copy of click: the type its commands receive
+
 
 class FnsftGroup(TyperGroup):
     """Turns every FnsftError into one readable line on stderr and exit code 2, and anything unexpected into one
@@ -42,7 +45,7 @@ class FnsftGroup(TyperGroup):
             os.environ[TRACEBACK_ENV] = "1"  # inherited by the ranks of `fnsft train --nproc`
         return super().main(args, *pos, **kwargs)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
@@ -56,7 +59,7 @@ class FnsftGroup(TyperGroup):
             _stop(exc, f"unexpected {type(exc).__name__}: {first_line} (run with {TRACEBACK_FLAG} for details)",
                   ExitStatus.UNEXPECTED)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical
 
 

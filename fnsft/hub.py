@@ -19,6 +19,9 @@ from fnsft.export.merge import ADAPTER_CONFIG
 from fnsft.export.pipeline import MERGED, MODELFILE, open_run
 from fnsft.rundir import RunDir
 
+#: What a push uploads: the run's default (adapter for PEFT, model for full), the adapter, or exports/merged.
+PushWhat = Literal["default", "adapter", "merged"]
+
 CARD_NAME = "README.md"
 #: Provenance uploaded beside the weights, so the Hub repository alone says how it was made.
 PROVENANCE_DIR = "fnsft"
@@ -126,7 +129,7 @@ def plan_push(
     run_path: str | Path,
     repo_id: str,
     *,
-    what: Literal["default", "adapter", "merged"] = "default",
+    what: PushWhat = "default",
     gguf: bool = False,
     private: bool = False,
     revision: str | None = None,

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fnsft.atomic import staged_dir
 from fnsft.data.templates import TemplateRenderer
@@ -50,7 +50,7 @@ class ModelSource:
     """A resolved base model: what to pass to from_pretrained, and its identity for the manifest."""
 
     load_path: str
-    kind: str  # "hub" | "dir" | "gguf"
+    kind: Literal["hub", "dir", "gguf"]
     identity: dict[str, Any] = field(default_factory=dict)
     revision: str | None = None
 

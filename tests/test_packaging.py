@@ -168,6 +168,16 @@ def test_ci_lint_tools_come_from_the_lock():
     assert tools <= set(constraints())
 
 
+def test_mypy_runs_in_just_lint_and_in_the_ci_lint_job():
+    """fnsft ships py.typed, so its annotations are checked where the other linters run (config: pyproject)."""
+    assert ".venv/bin/mypy" in just_dump()["recipes"]["lint"]["body"][0][0]
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    assert any(".venv/bin/mypy" in step.get("run", "") for step in workflow["jobs"]["lint"]["steps"])
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert config["files"] == ["fnsft"] and "pydantic.mypy" in config["plugins"]
+    assert (ROOT / "fnsft" / "py.typed").is_file()
+
+
 def test_ci_tests_both_pythons_with_the_readme_command():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
     test_job = workflow["jobs"]["test"]
@@ -371,7 +381,7 @@ def test_entrypoint_keeps_a_writable_home(recording_fnsft, tmp_path):
 # ---------------------------------------------------------------------------------------------- the package
 
 
-def test_wheel_ships_the_accelerate_presets(tmp_path):
+def test_wheel_ships_the_accelerate_presets_and_the_typing_marker(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(ROOT / "fnsft", source / "fnsft", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", source / "pyproject.toml")
@@ -399,6 +409,7 @@ def test_wheel_ships_the_accelerate_presets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for preset in ("ddp", "fsdp2", "zero2", "zero3"):
         assert f"fnsft/resources/accelerate/{preset}.yaml" in names
+    assert "fnsft/py.typed" in names  # PEP 561: type checkers read fnsft's annotations
 
 
 @pytest.mark.slow

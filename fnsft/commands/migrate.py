@@ -94,7 +94,7 @@ def migrate_config(
 
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    if result.peak_bytes is not None:
+    if result.peak_bytes is not None and budget is not None:
         out.print(f"estimated peak {result.peak_bytes / GiB:.1f} GiB per GPU (budget {budget[0] / GiB:.1f} GiB, "
                   f"{budget[1]})", highlight=False)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
@@ -143,12 +143,14 @@ def _print_foreign_report(result: Any) -> None:
 
 def _gpu_budget(gpu_memory: str | None, gpu: str | None) -> tuple[int, str] | None:
     """(bytes per GPU, the words the user gave) from --gpu-memory or --gpu, via the estimator's tables."""
-    if not (gpu_memory or gpu):
-        return None
-    from fnsft.estimate import gpu_memory as memory_of_gpu
-    from fnsft.estimate import parse_memory
+    from fnsft.estimate.gpus import gpu_memory as memory_of_gpu
+    from fnsft.estimate.gpus import parse_memory
 
-    return (parse_memory(gpu_memory), gpu_memory) if gpu_memory else (memory_of_gpu(gpu), gpu)
+    if gpu_memory:
+        return parse_memory(gpu_memory), gpu_memory
+    if gpu:
+        return memory_of_gpu(gpu), gpu
+    return None
 
 
 def _command_line(recipe: Path, to: MigrateTarget | None, upgrade: bool, num_gpus: int | None,

@@ -33,11 +33,11 @@ def push(
 
     from fnsft.console import err, out
     from fnsft.export.files import human_size
-    from fnsft.hub import execute_push, plan_push
+    from fnsft.hub import PushWhat, execute_push, plan_push
 
     if adapter_only and merged:
         raise ExportError("--adapter-only and --merged exclude each other")
-    what = "adapter" if adapter_only else ("merged" if merged else "default")
+    what: PushWhat = "adapter" if adapter_only else ("merged" if merged else "default")
     plan = plan_push(run_dir, repo_id, what=what, gguf=gguf, private=private, revision=revision,
                      base_model_id=base_model_id)
     table = Table(title=f"{'would upload' if dry_run else 'uploading'} to {plan.repo_id}"

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
-import click
 import typer
 from pydantic_core import PydanticUndefined
 from typer.core import TyperCommand
 
 from fnsft.recipe.fields import FLAG_PATHS, METHOD_FLAGS, schema_field
+
+if TYPE_CHECKING:
+    from typer._click import Context  # typer's own copy of click: the type its commands receive
 
 #: Flags whose values the guide writes space-separated (``--lora_target_modules q_proj k_proj``).
 MULTI_VALUE_FLAGS = ("--lora_target_modules", "--lora-target-modules")
@@ -51,7 +53,7 @@ class TrainCommand(TyperCommand):
         super().__init__(*args, **kwargs)
         self.rich_markup_mode = None  # the plain layout: rich's table cuts these long option names at 80 columns
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         shown = {_spelling_key(name): name for param in self.params for name in [*param.opts, *param.secondary_opts]}
         normalized = []
         for position, arg in enumerate(args):
@@ -90,7 +92,7 @@ def _guide_option(flag: str) -> inspect.Parameter:
     kind = _option_type(schema_field(FLAG_PATHS[flag]).annotation)
     names = (f"--{flag}/--no_{flag}",) if kind is bool else (f"--{flag}",)
     option = typer.Option(None, *names, help=_help(FLAG_PATHS[flag]), show_default=False,
-                          **({"metavar": ""} if kind is bool else {}))
+                          metavar="" if kind is bool else None)
     return inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
 
 

@@ -1,4 +1,5 @@
-"""Make it fit: the cheapest changes that bring a run under a memory budget, and the guide's PEFT-vs-full line.
+"""Make it fit: the cheapest changes that bring a run under a memory budget, and the guide's PEFT-vs-full line
+(docs/PEFT_VS_FULL_GUIDE.md, "When to Use Each Approach").
 
 Changes are ranked by what they cost the user, cheapest first: a smaller micro-batch with more gradient
 accumulation (same effective batch, same result, a little slower), gradient checkpointing (~30 % slower),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import resource
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -136,13 +137,13 @@ def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_nam
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    kwargs = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if method != "full":
         model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear",
                                                  task_type="CAUSAL_LM", modules_to_save=modules_to_save))
@@ -152,6 +153,7 @@ def exact_parts_after_step(model_dir, method: str, precision: str, optimizer_nam
                     param.data = param.data.to(torch.bfloat16)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
     if optimizer_name == "adamw_8bit":
         import bitsandbytes as bnb
 
@@ -186,7 +188,7 @@ def activations_of(model_dir, method: str, precision: str, batch: int, seq: int,
     from trl.trainer.utils import add_fused_lm_head
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
     if loss == "chunked":  # as SFTTrainer does, before PEFT wraps the model
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     if method == "lora":

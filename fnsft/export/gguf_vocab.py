@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fnsft.errors import ExportError, NotYetSupported
 
@@ -38,7 +38,7 @@ SPACE_MARK = "\u2581"  # sentencepiece's visible space
 class TokenizerInfo:
     """What GGUF needs about the tokenizer, one entry per embedding row."""
 
-    model: str  # tokenizer.ggml.model: "gpt2" or "llama"
+    model: Literal["gpt2", "llama"]  # tokenizer.ggml.model
     pre: str
     tokens: list[str]
     token_types: list[int]

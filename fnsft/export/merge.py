@@ -14,12 +14,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnsft.atomic import staged_dir
 from fnsft.errors import ExportError, NotYetSupported
 from fnsft.export.files import OutputFile, ensure_free_space, list_files
 from fnsft.export.safetensors_io import TensorEntry, read_entries, read_tensor, write_streaming
+
+if TYPE_CHECKING:
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -39,8 +42,8 @@ BASE_MODEL_FILES = ("config.json", "generation_config.json")
 class LoraPair:
     """The two low-rank factors of one adapted module and how their product is added to the base weight."""
 
-    a: Any = None  # torch.Tensor, shape (r, in) or (r, num_embeddings) for embeddings
-    b: Any = None  # torch.Tensor, shape (out, r) or (embedding_dim, r) for embeddings
+    a: torch.Tensor | None = None  # shape (r, in), or (r, num_embeddings) for embeddings
+    b: torch.Tensor | None = None  # shape (out, r), or (embedding_dim, r) for embeddings
     embedding: bool = False
 
 
@@ -120,6 +123,7 @@ def merged_tensor(name: str, base, adapter: Adapter):
     pair = adapter.pairs.get(name)
     if pair is None:
         return base
+    assert pair.a is not None and pair.b is not None  # read_adapter refuses an incomplete pair
     rank = pair.a.shape[0]
     delta = pair.b.to(torch.float32) @ pair.a.to(torch.float32)
     if pair.embedding or adapter.config.get("fan_in_fan_out"):

@@ -13,9 +13,10 @@ and the random pool.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -53,10 +54,13 @@ def eval_loss(model, sequences: Sequence[list[int]], *, pad_token_id: int, batch
     return total / count
 
 
+ConditionKind = Literal["baseline", "component", "union", "random-uniform", "random-layer-matched", "preserve"]
+
+
 @dataclass
 class Condition:
     name: str
-    kind: str  # baseline | component | union | random-uniform | random-layer-matched | preserve
+    kind: ConditionKind
     neurons: int  # how many neurons are zeroed (for preserve: all but the kept ones)
     share: float
     loss: float
@@ -213,10 +217,11 @@ def lesion_test(
     n_union = size(union)
     step(f"union of top {top}")
     conditions.append(Condition(f"union top-{top}", "union", n_union, n_union / total, loss_with(union)))
-    for kind, draw_sets in (
+    random_draws: tuple[tuple[ConditionKind, Callable[[np.random.Generator], dict[int, set[int]]]], ...] = (
         ("random-uniform", lambda rng: uniform_sets(rng, layers, width, n_union, excluded)),
         ("random-layer-matched", lambda rng: layer_matched_sets(rng, union, width, excluded)),
-    ):
+    )
+    for kind, draw_sets in random_draws:
         losses = []
         for draw in range(draws):
             step(f"{kind} draw {draw + 1}/{draws}")

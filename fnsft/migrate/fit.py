@@ -53,7 +53,7 @@ class GpuFit(BaseModel):
 
 def _savers(recipe: Recipe) -> list[tuple[str, Any, str]]:
     """Memory savers in the order they are added when needed: (dotted path, value, what it is)."""
-    savers = [("training.gradient_checkpointing", True, "gradient checkpointing")]
+    savers: list[tuple[str, Any, str]] = [("training.gradient_checkpointing", True, "gradient checkpointing")]
     if recipe.training.optimizer in FULL_PRECISION_ADAMW:
         savers.append(("training.optimizer", "adamw_8bit", "8-bit AdamW"))
     if world_size(recipe) > 1 and recipe.distributed.strategy in ("none", "ddp") and recipe.distributed.accelerate_config is None:

@@ -1,5 +1,7 @@
 """PEFT ⇄ full fine-tuning recipe migration: the guide's "Migration Guide" as a table of rules.
 
+"The guide" here and in the changed lines' comments is docs/PEFT_VS_FULL_GUIDE.md.
+
 :func:`migrate` is pure (Recipe → Recipe) and returns every change as data (:class:`Change`), so the command can
 comment each changed line, print a summary table or a diff without knowing the rules. :func:`apply_to_yaml`
 writes the changes into the user's round-trip YAML, keeping their comments and key order.
@@ -214,12 +216,12 @@ def direction(source_method: str, target_method: str) -> str:
 
 
 def _lr(ctx: Context) -> float:
-    lr = ctx.source.training.learning_rate
+    lr = ctx.source.training.resolved_value("learning_rate")
     return round_significant(lr / ctx.lr_factor if ctx.target_method == "full" else lr * ctx.lr_factor)
 
 
 def _warmup(ctx: Context) -> float:
-    warmup = ctx.source.training.warmup_ratio
+    warmup = ctx.source.training.resolved_value("warmup_ratio")
     if ctx.target_method == "full":
         return round(min(warmup + WARMUP_STEP, max(warmup, MAX_FULL_WARMUP)), 6)
     return round(max(warmup - WARMUP_STEP, 0.0), 6)
@@ -271,8 +273,8 @@ RULES: tuple[Rule, ...] = (
                     if c.target_method == "full" else f"PEFT: warmup -{WARMUP_STEP:g} (guide: reduce warmup)"),
          explicit=True),
     Rule("training.weight_decay", BETWEEN,
-         lambda c: (max(c.source.training.weight_decay, METHOD_DEFAULTS["full"]["weight_decay"])
-                    if c.target_method == "full" else c.source.training.weight_decay),
+         lambda c: (max(c.source.training.resolved_value("weight_decay"), METHOD_DEFAULTS["full"]["weight_decay"])
+                    if c.target_method == "full" else c.source.training.resolved_value("weight_decay")),
          lambda c: ("full fine-tuning: weight decay at least 0.01 (guide: add regularization)"
                     if c.target_method == "full" else "kept, written out (the PEFT default would be 0)"),
          explicit=True),
@@ -365,7 +367,7 @@ def lr_warnings(recipe: Recipe) -> list[str]:
     """A learning rate outside the guide's range for the recipe's method (flagged, not clamped)."""
     family = "full" if recipe.method.name == "full" else "peft"
     low, high = GUIDE_LR_RANGE[family]
-    lr = recipe.resolved().training.learning_rate
+    lr = recipe.resolved().training.resolved_value("learning_rate")
     if low <= lr <= high:
         return []
     return [f"training.learning_rate {format_value(lr)} is outside the guide's {family} range "

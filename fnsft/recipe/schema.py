@@ -20,9 +20,11 @@ ReportTarget = Literal["none", "tensorboard", "wandb", "trackio"]
 DataFormat = Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"]
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
-#: The guide's per-method defaults ("Best Practices"): PEFT lr 1e-4..5e-4, full lr 1e-5..1e-4 with more warmup
-#: and weight decay. Values the user leaves unset (None) are filled from here by Recipe.resolved().
-METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+#: The guide's per-method defaults (docs/PEFT_VS_FULL_GUIDE.md, "Best Practices"): PEFT lr 1e-4..5e-4, full lr
+#: 1e-5..1e-4 with more warmup and weight decay. Values the user leaves unset (None) are filled from here by
+#: Recipe.resolved().
+MethodDefault = Literal["learning_rate", "warmup_ratio", "weight_decay"]
+METHOD_DEFAULTS: dict[MethodName, dict[MethodDefault, float]] = {
     "lora": {"learning_rate": 2e-4, "warmup_ratio": 0.03, "weight_decay": 0.0},
     "qlora": {"learning_rate": 2e-4, "warmup_ratio": 0.03, "weight_decay": 0.0},
     "full": {"learning_rate": 2e-5, "warmup_ratio": 0.1, "weight_decay": 0.01},
@@ -30,7 +32,7 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
 
 
 
-def _method_default(key: str) -> str:
+def _method_default(key: MethodDefault) -> str:
     """``Default: 2e-4 for lora/qlora, 2e-5 for full.``, written from METHOD_DEFAULTS (the one place it is defined)."""
     peft, full = METHOD_DEFAULTS["lora"][key], METHOD_DEFAULTS["full"][key]
     assert METHOD_DEFAULTS["qlora"][key] == peft, "the description names one PEFT default"
@@ -210,6 +212,13 @@ class TrainingSection(Section):
     save_total_limit: PositiveInt | None = 3
     eval_steps: PositiveInt | None = Field(None, description="Evaluate every N steps; unset = at the end of each epoch.")
 
+    def resolved_value(self, key: MethodDefault) -> float:
+        """A method-dependent value of a resolved recipe (:meth:`Recipe.resolved`); unset here is a caller's bug."""
+        value = getattr(self, key)
+        if value is None:
+            raise AssertionError(f"training.{key} is unset: the recipe was not resolved (Recipe.resolved())")
+        return float(value)
+
 
 class OutputSection(Section):
     dir: str = Field("runs/fnsft-run", description="Run directory: resolved recipe, manifest, checkpoints, adapter/model.")
@@ -276,7 +285,7 @@ class Recipe(Section):
     def resolved(self) -> Recipe:
         """A copy with every method-dependent default filled in (what actually runs)."""
         defaults = METHOD_DEFAULTS[self.method.name]
-        filled = {key: value for key, value in defaults.items() if getattr(self.training, key) is None
+        filled: dict[str, Any] = {key: value for key, value in defaults.items() if getattr(self.training, key) is None
                   and not (key == "warmup_ratio" and self.training.warmup_steps is not None)}
         return self.model_copy(update={"training": self.training.model_copy(update=filled)})
 

@@ -5,8 +5,8 @@ Every step is a table of key rules with a status, after accelerate's ``to-fsdp2`
 (no equivalent; its value is reported, never silently dropped). Keys no rule knows are reported as UNKNOWN.
 
 Version 0 is the predecessor project's flat flag-style YAML (``model_name_or_path: ...``, ``no_peft: true``,
-``lora_r: 16``, ...; ORIGIN.md §2.1–2.2). A file without ``version:`` is read as v0 when its top level is made of
-such flags, and as the current version when it holds sections (``model:``, ``data:``, ...).
+``lora_r: 16``, ...; examples in tests/recipe/golden/v0/). A file without ``version:`` is read as v0 when its top
+level is made of such flags, and as the current version when it holds sections (``model:``, ``data:``, ...).
 """
 
 from __future__ import annotations
@@ -288,16 +288,16 @@ def _nest(changes: Mapping[str, Any], flat: Mapping[str, Any], sources: Mapping[
     """Build the nested v1 map in schema order, carrying each old key's comments to the key it became."""
     root = CommentedMap()
     root["version"] = 1
-    commented = isinstance(flat, CommentedMap)
-    if commented and flat.ca.comment and flat.ca.comment[1]:
-        root.ca.comment = [None, list(flat.ca.comment[1])]  # the file's header comment stays on top
+    commented = flat if isinstance(flat, CommentedMap) else None  # a file keeps its comments; a dict has none
+    if commented is not None and commented.ca.comment and commented.ca.comment[1]:
+        root.ca.comment = [None, list(commented.ca.comment[1])]  # the file's header comment stays on top
     carried: set[str] = set()
     for dotted, value in changes.items():
         keys = dotted.split(".")
         node = root
         old = sources[dotted]
         # Validation errors then point at the line of the old key a value came from (at the new key's column).
-        line = flat.lc.data[old][0] if commented and old in flat.lc.data else None
+        line = commented.lc.data[old][0] if commented is not None and old in commented.lc.data else None
         for depth, key in enumerate(keys[:-1]):
             if key not in node:
                 model = model_at(keys[:depth])
@@ -311,10 +311,10 @@ def _nest(changes: Mapping[str, Any], flat: Mapping[str, Any], sources: Mapping[
         indent = 2 * (len(keys) - 1)
         if line is not None:
             node.lc.add_kv_line_col(keys[-1], [line, indent, line, indent + len(keys[-1]) + 2])
-        if commented and old not in carried:  # comment lines above the old key go above its first new key
+        if commented is not None and old not in carried:  # comment lines above the old key go above its first new key
             carried.add(old)
-            roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(flat, old), 2 * (len(keys) - 1))
-        own = roundtrip.eol_comment(flat, old) if commented else None
+            roundtrip.set_comments_above(node, keys[-1], roundtrip.comments_above(commented, old), 2 * (len(keys) - 1))
+        own = roundtrip.eol_comment(commented, old) if commented is not None else None
         if old != keys[-1]:
             roundtrip.set_eol_comment(node, keys[-1], f"upgraded from {old}" + (f"  # {own}" if own else ""), indent)
         elif own:

@@ -98,11 +98,11 @@ def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: 
         per_device_train_batch_size=training.per_device_train_batch_size,
         per_device_eval_batch_size=training.per_device_eval_batch_size or training.per_device_train_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=training.learning_rate,
+        learning_rate=training.resolved_value("learning_rate"),
         lr_scheduler_type=training.lr_scheduler_type,
         # transformers 5: a warmup_steps value < 1 is a ratio of the total steps
-        warmup_steps=training.warmup_steps if training.warmup_steps is not None else training.warmup_ratio,
-        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_steps if training.warmup_steps is not None else training.resolved_value("warmup_ratio"),
+        weight_decay=training.resolved_value("weight_decay"),
         max_grad_norm=training.max_grad_norm,
         optim=optimizer,
         bf16=precision == "bf16",
@@ -122,7 +122,7 @@ def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: 
         report_to=callbacks_report,
         max_length=recipe.data.max_length,
         packing=recipe.data.packing,
-        use_cache=False,  # packed sequences stay isolated only without the KV cache (FACTS.md)
+        use_cache=False,  # with the KV cache on, packed sequences attend across their boundary (measured with sdpa)
         disable_tqdm=True,  # fnsft draws its own rich progress bar
         dataset_num_proc=None,
     )
@@ -140,4 +140,4 @@ def report_targets(recipe: Recipe) -> list[str]:
     for target in targets:
         if importlib.util.find_spec(TRACKER_PACKAGES[target]) is None:
             raise TrainError(f"output.report_to lists {target}, which is not installed: pip install {TRACKER_PACKAGES[target]}")
-    return targets or ["none"]
+    return list(targets) or ["none"]

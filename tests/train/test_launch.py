@@ -175,7 +175,7 @@ def _free_port() -> int:
 
 
 def test_ddp_preset_really_starts_two_processes_on_cpu(tmp_path):
-    # `accelerate launch --cpu --num_processes 2` silently runs ONE process (FACTS); the ddp preset must run two.
+    # `accelerate launch --cpu --num_processes 2` silently runs ONE process (accelerate 1.x); the ddp preset must run two.
     probe = tmp_path / "probe.py"
     probe.write_text(  # one write() per line: both ranks share the pipe, and print() may interleave them
         "import os, sys\n"
