@@ -29,8 +29,8 @@ class PreparedData:
     detection: str
     template: str
     fingerprint: str
+    summary: DataSummary  # of the training rows, as tokenized
     eval_conversations: list[list[dict]] = field(default_factory=list)  # canonical eval rows, for generation checks
-    summary: DataSummary | None = None  # of the training rows, as tokenized
     facts: list[RowFacts] = field(default_factory=list)  # per training row (before any mixing)
     skipped: list[str] = field(default_factory=list)  # why each row left out under on_bad_row: skip was
     mixture: list[SourceReport] | None = None  # data.sources: what each source contributed
@@ -56,6 +56,7 @@ def canonicalize(raw: RawData, section: DataSection, fmt: str, skipped: list[str
     ``data.on_bad_row: skip`` is left out and its reason appended to ``skipped``."""
     if len(raw.train) == 0:
         raise DataError(f"{raw.source}: the dataset is empty")
+    skipped = [] if skipped is None else skipped  # the reasons, also for the all-rows-skipped message
 
     def convert(row: dict, where: str) -> dict:
         canonical = to_canonical(row, fmt, where)
