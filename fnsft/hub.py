@@ -37,6 +37,13 @@ class UploadItem(BaseModel):
     content: str | None = None
     size: int
 
+    def payload(self) -> str | bytes:
+        """What the commit uploads: the file's path, or the generated text's bytes."""
+        if self.local_path is not None:
+            return str(self.local_path)
+        assert self.content is not None, "an upload item has a local file or generated content"
+        return self.content.encode()
+
 
 class PushPlan(BaseModel):
     """Everything a push will do, computed without network access (what `--dry-run` prints)."""
@@ -82,7 +89,7 @@ def _adapter_items(run: RunDir, base_model_id: str) -> list[UploadItem]:
 
     items = _folder_items(run.adapter)
     for index, item in enumerate(items):
-        if item.path_in_repo == ADAPTER_CONFIG:
+        if item.path_in_repo == ADAPTER_CONFIG and item.local_path is not None:
             config = json.loads(item.local_path.read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = base_model_id
             content = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -166,8 +173,9 @@ def plan_push(
         if gguf:
             kinds.append("gguf")
     items: list[UploadItem] = []
-    base_id = _base_model_id(run, recipe, manifest, base_model_id) if "adapter" in kinds else base_model_id
+    base_id = base_model_id
     if "adapter" in kinds:
+        base_id = _base_model_id(run, recipe, manifest, base_model_id)
         items += _adapter_items(run, base_id)
     if "full" in kinds:
         items += _folder_items(run.model)
@@ -224,8 +232,7 @@ def execute_push(plan: PushPlan, *, token: str | None = None, endpoint: str | No
 
     api = HfApi(token=token or resolve_token(), endpoint=endpoint)
     operations = [
-        CommitOperationAdd(path_in_repo=item.path_in_repo,
-                           path_or_fileobj=str(item.local_path) if item.local_path else item.content.encode())
+        CommitOperationAdd(path_in_repo=item.path_in_repo, path_or_fileobj=item.payload())
         for item in plan.items
     ]
     try:

@@ -18,10 +18,11 @@ ROOT = Path(fnsft.__file__).parent
 #: Lowest first. A module may import from its own package or from a lower layer, never from its layer or above.
 LAYERS: list[set[str]] = [
     {"fnsft", "fnsft.errors", "fnsft.console", "fnsft.atomic", "fnsft.hashing", "fnsft.names", "fnsft.resources"},
-    {"fnsft.recipe"},
-    {"fnsft.models", "fnsft.rundir"},
+    {"fnsft.recipe", "fnsft.hub_access"},
+    {"fnsft.data", "fnsft.rundir"},
+    {"fnsft.models"},
     {"fnsft.environment", "fnsft.estimate"},
-    {"fnsft.data", "fnsft.manifest", "fnsft.migrate"},
+    {"fnsft.manifest", "fnsft.migrate"},
     {"fnsft.mask"},
     {"fnsft.train", "fnsft.export"},
     {"fnsft.reproduce", "fnsft.hub"},

@@ -72,7 +72,7 @@ class TemplateRenderer:
     ) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template(
+        rendered, _ = render_jinja_template(  # type: ignore[str-unpack]  # annotated -> str, returns a pair
             conversations=[messages], chat_template=self.chat_template, add_generation_prompt=add_generation_prompt,
             **{**self.special_tokens, **kwargs},
         )

@@ -220,7 +220,9 @@ def _lr(ctx: Context) -> float:
     return round_significant(lr / ctx.lr_factor if ctx.target_method == "full" else lr * ctx.lr_factor)
 
 
-def _warmup(ctx: Context) -> float:
+def _warmup(ctx: Context) -> float | object:
+    if ctx.source.training.warmup_steps is not None:
+        return KEEP  # warmup given in steps: the guide's ratio rule does not apply, the steps stay as written
     warmup = ctx.source.training.resolved_value("warmup_ratio")
     if ctx.target_method == "full":
         return round(min(warmup + WARMUP_STEP, max(warmup, MAX_FULL_WARMUP)), 6)

@@ -1,5 +1,4 @@
-"""`fnsft train --probe` (one real step on the worst batch: measured vs predicted peak) and the out-of-memory
-message a run that does not fit ends with."""
+"""`fnsft train --probe`: one real step on the worst batch, measured vs predicted peak memory."""
 
 from __future__ import annotations
 
@@ -8,14 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fnsft.console import out
-from fnsft.errors import TrainError
 from fnsft.recipe.schema import Recipe
-
-GiB = 1 << 30
-
-
-def _gib(value: int | float) -> str:
-    return f"{value / GiB:.2f} GiB"
+from fnsft.train.oom import gib
 
 
 def probe_recipe(recipe: Recipe, output_dir: Path) -> Recipe:
@@ -65,35 +58,5 @@ def run_probe(recipe: Recipe) -> list[tuple[str, int, int]]:
         out.print("probe: no prediction for this model (the estimator does not know its shape)", highlight=False, soft_wrap=True)
     for meter, measured, predicted in rows:
         error = (predicted - measured) / measured if measured else 0.0
-        out.print(f"  {meter}: measured {_gib(measured)}, predicted {_gib(predicted)} ({error:+.1%})", highlight=False, soft_wrap=True)
+        out.print(f"  {meter}: measured {gib(measured)}, predicted {gib(predicted)} ({error:+.1%})", highlight=False, soft_wrap=True)
     return rows
-
-
-def out_of_memory_error(recipe: Recipe, step: int, exc: BaseException, budget: int | None = None) -> TrainError:
-    """A readable error for a CUDA out-of-memory: when it happened, the estimate's breakdown and what makes it fit.
-
-    ``budget`` is the GPU's memory (default: device 0's total memory).
-    """
-    from fnsft.errors import FnsftError
-    from fnsft.estimate import estimate, inputs_from_recipe, make_it_fit
-
-    where = "in the first step (the longest batch goes first)" if step == 0 else f"at step {step + 1}"
-    lines = [f"out of GPU memory {where}: {str(exc).splitlines()[0]}"]
-    try:
-        inp = inputs_from_recipe(recipe, device="cuda")
-        breakdown = estimate(inp)
-        if budget is None:
-            import torch
-
-            budget = torch.cuda.get_device_properties(0).total_memory
-        parts = ("weights", "adapter", "gradients", "optimizer_states", "activations", "logits_transient", "overhead")
-        lines.append("estimate: " + ", ".join(f"{name} {_gib(getattr(breakdown, name))}" for name in parts)
-                     + f"; device used {_gib(breakdown.device_used)} of {_gib(budget)}")
-        suggestions = make_it_fit(inp, budget)
-        lines += ["to make it fit (cheapest first):"] + [f"  - {s.description} (estimated {_gib(s.total)})"
-                                                         for s in suggestions[:5]]
-        if not suggestions:
-            lines.append("the estimate predicted a fit: please report this run (recipe + GPU) so the estimator learns")
-    except FnsftError as estimate_failed:
-        lines.append(f"(no estimate for this model: {estimate_failed})")
-    return TrainError("\n".join(lines))

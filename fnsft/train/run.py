@@ -261,7 +261,7 @@ def _train(recipe: Recipe, trainer: Any, run: RunDir, checkpoint: Path | None, p
     try:
         train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except torch.OutOfMemoryError as exc:
-        from fnsft.train.probe import out_of_memory_error
+        from fnsft.train.oom import out_of_memory_error
 
         raise out_of_memory_error(recipe, trainer.state.global_step, exc) from None
     finally:

@@ -82,6 +82,14 @@ def test_unset_method_defaults_are_written_explicitly_from_the_source_method():
     assert lr.was_default and "(default)" in lr.comment()
 
 
+@pytest.mark.parametrize(("source", "to"), [("lora", "full"), ("full", "peft")])
+def test_warmup_in_steps_is_kept_as_written(source, to):
+    migration = migrate(make(source, warmup_steps=10), to)
+    assert migration.recipe.training.warmup_steps == 10
+    assert migration.recipe.training.warmup_ratio is None
+    assert "training.warmup_ratio" not in {c.path for c in migration.changes}
+
+
 def test_full_to_peft_sets_lora_defaults_and_keeps_the_users_own():
     result = migrate(make("full", model="org/m-1.5B", learning_rate=4e-5, gradient_accumulation_steps=4), "peft")
     assert result.recipe.method.name == "lora"

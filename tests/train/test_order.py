@@ -124,7 +124,7 @@ def test_probe_prints_measured_vs_predicted_and_leaves_no_run(varied_recipe, tmp
 
 def test_out_of_memory_names_the_step_the_breakdown_and_what_makes_it_fit():
     from fnsft.recipe.schema import Recipe
-    from fnsft.train.probe import out_of_memory_error
+    from fnsft.train.oom import out_of_memory_error
 
     recipe = Recipe(model={"name_or_path": "meta-llama/Llama-3.1-8B"}, data={"path": "train.jsonl"},
                     method={"name": "full"}).resolved()
