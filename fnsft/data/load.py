@@ -185,33 +185,42 @@ def _load_local(path: Path, section: DataSection) -> RawData:
     return RawData(dataset, None, str(path), files_fingerprint(files), line_offset)
 
 
+def single_path(section: DataSection) -> str:
+    """The one dataset's path or Hub id (a recipe with data.sources loads each source as a section of its own)."""
+    if section.path is None:
+        raise AssertionError("data.path is unset: data.sources are loaded one source at a time")
+    return section.path
+
+
 def _load_hub(section: DataSection) -> RawData:
     from datasets import load_dataset
 
     from fnsft.hub_access import check_hub_dataset
 
-    check_hub_dataset(section.path)
+    name = single_path(section)
+    check_hub_dataset(name)
     try:
-        train = load_dataset(section.path, section.config_name, split=section.split, revision=section.revision)
+        train = load_dataset(name, section.config_name, split=section.split, revision=section.revision)
         evaluation = (
-            load_dataset(section.path, section.config_name, split=section.eval_split, revision=section.revision)
+            load_dataset(name, section.config_name, split=section.eval_split, revision=section.revision)
             if section.eval_split
             else None
         )
     except Exception as exc:
         raise DataError(f"{section.path}: cannot load this dataset from the Hub: {str(exc).splitlines()[0]}") from None
     fingerprint = f"hub:{section.path}@{section.revision or 'default'}:{train._fingerprint}"
-    return RawData(train, evaluation, section.path, fingerprint, 0)
+    return RawData(train, evaluation, name, fingerprint, 0)
 
 
 def is_hub_dataset(section: DataSection) -> bool:
     """Not a local path: a Hub dataset id (a missing local path is refused by load_raw)."""
-    path = Path(section.path).expanduser()
-    return not path.exists() and not section.path.startswith((".", "/", "~")) and path.suffix not in BUILDERS
+    name = single_path(section)
+    path = Path(name).expanduser()
+    return not path.exists() and not name.startswith((".", "/", "~")) and path.suffix not in BUILDERS
 
 
 def load_raw(section: DataSection) -> RawData:
-    path = Path(section.path).expanduser()
+    path = Path(single_path(section)).expanduser()
     if path.exists():
         if section.eval_split:
             raise DataError(f"{section.path}: data.eval_split needs a Hub dataset; for local files use validation_fraction")

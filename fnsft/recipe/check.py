@@ -159,7 +159,7 @@ RULES: tuple[Rule, ...] = (
             (r.data.mix == "concat" and any(s.weight != 1 for s in r.data.sources))
             or (r.data.mix != "temperature" and r.data.temperature != DataSection.model_fields["temperature"].default)),
         lambda r, _: ("data.sources weights are ignored: mix: concat takes every row once. "
-                      if r.data.mix == "concat" and any(s.weight != 1 for s in r.data.sources) else "")
+                      if r.data.mix == "concat" and any(s.weight != 1 for s in r.data.sources or ()) else "")
         + ("data.temperature is ignored: it applies to mix: temperature."
            if r.data.mix != "temperature" and r.data.temperature != DataSection.model_fields["temperature"].default
            else ""),
