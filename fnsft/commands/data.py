@@ -33,7 +33,7 @@ def _sections(recipe: Path | None, model: str | None, data: str | None, sets: li
 
 def _tokenizer(model_section: Any) -> Any:
     from fnsft.models import load_tokenizer, resolve_model
-    from fnsft.train.quiet import quiet_libraries
+    from fnsft.quiet import quiet_libraries
 
     quiet_libraries()
     return load_tokenizer(resolve_model(model_section), model_section)

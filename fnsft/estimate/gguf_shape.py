@@ -68,7 +68,7 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
 def gguf_metadata(path: Path) -> dict[str, Any]:
     """:func:`config_from_gguf`, cached by file size and modification time (the first read says it is slow)."""
     from fnsft.console import err
-    from fnsft.models import cache_root
+    from fnsft.paths import cache_root
 
     stat = path.stat()
     cached = cache_root() / "estimate" / f"gguf-v2-{stat.st_size}-{int(stat.st_mtime)}-{path.stem}.json"

@@ -30,7 +30,7 @@ def _hub_config(repo_id: str, offline: bool) -> dict[str, Any] | None:
     """
     from huggingface_hub import get_session, hf_hub_url, try_to_load_from_cache
 
-    from fnsft.models import cache_root
+    from fnsft.paths import cache_root
 
     cached = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(cached, str):
@@ -60,7 +60,7 @@ def resolve_shape(model: str, gguf_file: str | None = None) -> ModelShape:
     Raises:
         EstimateError: when the model cannot be found; the message names the catalog and ``--model path/config.json``.
     """
-    from fnsft.models import PACKAGE_SCHEME, resolve_package_path
+    from fnsft.paths import PACKAGE_SCHEME, resolve_package_path
 
     path = Path(model).expanduser()
     if model.startswith(PACKAGE_SCHEME):

@@ -44,7 +44,7 @@ def load_model(section: ModelSection) -> Loaded:
     import torch
 
     from fnsft.models import load_causal_lm, load_tokenizer, resolve_model
-    from fnsft.train.quiet import quiet_libraries
+    from fnsft.quiet import quiet_libraries
 
     quiet_libraries()  # transformers' "Loading weights" bars would break through the status line
     source = resolve_model(section)

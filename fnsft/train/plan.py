@@ -21,8 +21,8 @@ def dry_run(recipe: Recipe, processes: int = 1) -> None:
     from rich.table import Table
 
     from fnsft.models import resolve_model
+    from fnsft.quiet import quiet_libraries
     from fnsft.train import outdir
-    from fnsft.train.quiet import quiet_libraries
 
     warnings = check(recipe, processes)  # errors raise here, before anything is read
     quiet_libraries()

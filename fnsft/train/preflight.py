@@ -11,8 +11,8 @@ from fnsft.data.prepare import canonicalize, detect
 from fnsft.data.templates import check_template_renders, configure_template
 from fnsft.hub_access import check_hub_dataset, check_hub_model
 from fnsft.models import ModelSource, read_chat_template, resolve_model
+from fnsft.quiet import quiet_libraries
 from fnsft.recipe.schema import Recipe
-from fnsft.train.quiet import quiet_libraries
 
 TEMPLATE_CHECK_ROWS = 5
 

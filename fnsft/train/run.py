@@ -17,11 +17,11 @@ from fnsft.console import err, out
 from fnsft.console import warn as _warn
 from fnsft.errors import FnsftError
 from fnsft.hashing import files_sha256
+from fnsft.quiet import quiet_libraries
 from fnsft.recipe.check import check
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 from fnsft.train import outdir
-from fnsft.train.quiet import quiet_libraries
 
 
 @dataclass
