@@ -8,6 +8,7 @@ Heavy libraries are imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -35,12 +36,49 @@ class ModelSource:
 
 
 def _dir_identity(path: Path) -> dict[str, Any]:
-    """Hash of the config and weight file names+sizes: cheap, and changes when the weights are replaced."""
+    """Hash of every file's name and content (a model with the same shapes and other weights differs). Each file's
+    SHA-256 is streamed once and cached by path, size and mtime, so a second run on the same model reads nothing."""
     digest = hashlib.sha256()
+    cache = _HashCache.load()
     for item in sorted(path.iterdir()):
         if item.is_file():
-            digest.update(f"{item.name}:{item.stat().st_size}".encode())
+            digest.update(f"{item.name}:{cache.sha256(item)}".encode())
+    cache.save()
     return {"source": "dir", "path": str(path.resolve()), "files_digest": digest.hexdigest()}
+
+
+class _HashCache:
+    """SHA-256 of local model files, keyed by resolved path and valid while size and mtime are unchanged."""
+
+    def __init__(self, path: Path, entries: dict[str, Any]) -> None:
+        self.path, self.entries, self.changed = path, entries, False
+
+    @classmethod
+    def load(cls) -> _HashCache:
+        path = cache_root() / "file-hashes.json"
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries if isinstance(entries, dict) else {})
+
+    def sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key, stamp = str(file.resolve()), [stat.st_size, stat.st_mtime_ns]
+        entry = self.entries.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        digest = file_sha256(file)
+        self.entries[key] = {"stamp": stamp, "sha256": digest}
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if self.changed:
+            from fnsft.atomic import atomic_write_json
+
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next run a re-hash
+                atomic_write_json(self.path, self.entries)
 
 
 def check_weight_safety(path: Path, section: ModelSection) -> None:
