@@ -69,6 +69,8 @@ def test_run_from_a_gguf_base_exports_and_round_trips(smollm2_dir, tmp_path):
 
 #: (minimum argmax agreement, maximum mean KL in nats) of the K-quants on TEXTS vs the merged SmolLM2 (hidden
 #: size 576 is not a multiple of 256, so as in llama.cpp most of its matrices fall back to Q5_0/Q5_1/Q8_0).
+#: Measured on 116 positions: q6_k 95.7 % / 0.0096 nats, q4_k_m 91.4 % / 0.048 nats; every q6_k flip under a
+#: 0.4-nat top-2 margin.
 K_QUANT_LIMITS = {"q6_k": (0.9, 0.05), "q4_k_m": (0.8, 0.2)}
 
 
