@@ -110,6 +110,7 @@ def resolve_model(section: ModelSection) -> ModelSource:
             raise ModelError(f"{path}: not a model directory (no config.json)")
         check_weight_safety(path, section)
         check_safetensors_files(path)
+        warn_ignored_auto_map(path, section)
         return ModelSource(str(path), "dir", _dir_identity(path))
     if spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".safetensors", ".json")) or spec.count("/") > 1:
         raise ModelError(f"{spec}: model not found (not a directory, a .gguf file or a Hub id)")
@@ -251,6 +252,25 @@ def load_causal_lm(source: ModelSource, section: ModelSection, *, dtype, quantiz
         return AutoModelForCausalLM.from_pretrained(pretrained_path(source), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{section.name_or_path}: cannot load the model: {first_line(exc)}") from None
+
+
+def warn_ignored_auto_map(directory: Path, section: ModelSection) -> None:
+    """A config with ``auto_map`` (custom model code) whose model_type transformers knows loads with the built-in
+    code when trust_remote_code is off: say so, since the custom code the checkpoint ships does not run."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable config itself
+    if section.trust_remote_code or not isinstance(config, dict) or not config.get("auto_map"):
+        return
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        from fnsft.console import warn
+
+        warn(f"{directory}/config.json: auto_map names custom model code, which is ignored (trust_remote_code is "
+             f"off): the built-in transformers '{model_type}' code is used instead")
 
 
 def check_safetensors_files(directory: Path) -> None:

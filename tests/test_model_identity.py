@@ -44,3 +44,18 @@ def test_hashes_are_cached_by_size_and_mtime(tiny_llama_dir, tmp_path, monkeypat
     (model / "config.json").write_text((model / "config.json").read_text() + " ")
     with pytest.raises(AssertionError, match="config.json was hashed again"):
         _identity(model)
+
+
+def test_auto_map_on_a_known_model_type_is_a_warning(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("FNSFT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_llama_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}))
+    _identity(model)
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "auto_map names custom model code, which is ignored" in warning and "'llama'" in warning
+    _identity(tiny_llama_dir)
+    assert "auto_map" not in capsys.readouterr().err
