@@ -187,3 +187,36 @@ class NonFiniteStop(TrainerCallback):
             "Lower training.learning_rate or training.max_grad_norm, check the data, "
             "and start again in a new output.dir"
         )
+
+
+class DiskBeforeSave(TrainerCallback):
+    """Before each checkpoint save, the disk must still hold one more checkpoint the size of the last one written
+    (measured, not predicted). Otherwise training stops without starting a save that would tear, and the run
+    says which checkpoint is complete (a resume on a still-full disk stops here again, not mid-save)."""
+
+    def __init__(self) -> None:
+        self.short: tuple[int, int, int] | None = None  # (free bytes, needed bytes, step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not control.should_save or not state.is_world_process_zero:
+            return control
+        import shutil
+
+        root = Path(args.output_dir)
+        saved = sorted((p for p in root.glob("checkpoint-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        needed = int(1.1 * sum(f.stat().st_size for f in saved[-1].rglob("*") if f.is_file())) if saved else 0
+        free = shutil.disk_usage(root if root.is_dir() else root.parent).free
+        if free < needed:
+            self.short = (free, needed, state.global_step)
+            control.should_save = False
+            control.should_training_stop = True
+        return control
+
+    def error_message(self, run_root: Path, last_good: Path | None, recipe_path: Path) -> str:
+        free, needed, step = self.short or (0, 0, 0)
+        kept = f"the last complete checkpoint is {last_good}" if last_good is not None else "no checkpoint is complete"
+        return (
+            f"{run_root}: stopped before saving checkpoint-{step}: {free / 2**20:.1f} MiB free, a checkpoint takes "
+            f"about {needed / 2**20:.1f} MiB; {kept}. Free some space (or lower training.save_total_limit), then "
+            f"resume with: fnsft train {recipe_path} --resume"
+        )

@@ -200,7 +200,7 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
     from trl import SFTTrainer
 
     from fnsft.train.build import lora_config, sft_config
-    from fnsft.train.callbacks import NonFiniteStop, RichProgressCallback
+    from fnsft.train.callbacks import DiskBeforeSave, NonFiniteStop, RichProgressCallback
     from fnsft.train.order import longest_batch_first_trainer
     from fnsft.train.signals import CompletionMarkerCallback
 
@@ -213,7 +213,7 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=lora_config(recipe),
-        callbacks=[progress, preemption, NonFiniteStop(), CompletionMarkerCallback()],
+        callbacks=[progress, preemption, NonFiniteStop(), DiskBeforeSave(), CompletionMarkerCallback()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
     return trainer, progress
@@ -268,8 +268,11 @@ def _train(recipe: Recipe, trainer: Any, run: RunDir, checkpoint: Path | None, p
         progress.stop()
         preemption.finishing(outdir.latest_complete_checkpoint(run), run.recipe)  # a signal now stops at once
     from fnsft.errors import TrainError
-    from fnsft.train.callbacks import NonFiniteStop
+    from fnsft.train.callbacks import DiskBeforeSave, NonFiniteStop
 
+    disk = next(c for c in trainer.callback_handler.callbacks if isinstance(c, DiskBeforeSave))
+    if disk.short is not None:
+        raise TrainError(disk.error_message(run.root, outdir.latest_complete_checkpoint(run), run.recipe))
     diverged = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteStop))
     if diverged.step is not None:
         raise TrainError(diverged.error_message(outdir.latest_complete_checkpoint(run)))

@@ -399,3 +399,21 @@ def test_fault_injection_lives_in_the_tests_only():
     package = Path(__file__).resolve().parents[2] / "fnsft"
     assert not [path for path in package.rglob("*.py") if "FNSFT_TEST_KILL_AT" in path.read_text(encoding="utf-8")]
     assert "FNSFT_TEST_KILL_AT" in (FAULTS / "kill_points.py").read_text(encoding="utf-8")
+
+
+def test_disk_filling_up_during_the_run_stops_before_the_next_save(tiny_recipe, tmp_path, monkeypatch):
+    """Free space is re-checked before each save against the size of the checkpoint last written."""
+    real_disk_usage = shutil.disk_usage
+    run = tmp_path / "run"
+
+    def filling_up(path):
+        usage = real_disk_usage(path)
+        return usage._replace(free=1 << 20) if (run / "checkpoints" / "checkpoint-2").is_dir() else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", filling_up)
+    result = CliRunner().invoke(app, ["train", str(tiny_recipe())])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "stopped before saving checkpoint-4: 1.0 MiB free" in text
+    assert f"the last complete checkpoint is {run / 'checkpoints' / 'checkpoint-2'}" in text
+    assert not (run / "checkpoints" / "checkpoint-4").exists() and not (run / "adapter").exists()
