@@ -96,8 +96,10 @@ class PreemptionCallback(TrainerCallback):
     def _stop_and_save(self, state: Any, control: Any) -> Any:
         self.signum = agreed_signal(self.signum)
         if self.signum is not None:
+            # An evaluation due at this step still runs before the checkpoint: it draws from the RNG (the eval
+            # data loader's seed), and the checkpoint must hold the RNG state an uninterrupted run has after this
+            # step, or the resumed run's dropout parts from it (seen: the two-rank SIGTERM test ended with other weights).
             control.should_training_stop = True
-            control.should_evaluate = False  # the checkpoint first: an evaluation due now would only delay it
             if self._stop_step != state.global_step:
                 self._stop_step = state.global_step
                 control.should_save = True
