@@ -324,6 +324,13 @@ def warmup(conv: Conversion, ratio_key: str = "warmup_ratio", steps_key: str = "
     conv.map(ratio_key, "training.warmup_ratio", float)
 
 
+def batching(conv: Conversion) -> None:
+    """Batch sizes, accumulation and run length under their HF TrainingArguments names."""
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_steps"):
+        conv.map(key, f"training.{key}", int)
+    conv.map("num_train_epochs", "training.num_train_epochs", float)
+
+
 def optimization(conv: Conversion, *, scheduler_key: str, optimizer_key: str) -> None:
     """Learning rate, schedule, optimizer, weight decay, clipping and warmup under their HF names."""
     conv.map("learning_rate", "training.learning_rate", float)

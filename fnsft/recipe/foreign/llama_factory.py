@@ -82,11 +82,7 @@ def convert(conv: Conversion, source_path: Path) -> None:
     conv.map("neat_packing", "data.packing", bool, note="neat packing keeps examples apart, as fnsft's does")
     conv.map("train_on_prompt", "data.loss_on", lambda v: "all" if v else "responses")
     _template(conv)
-    conv.map("per_device_train_batch_size", "training.per_device_train_batch_size", int)
-    conv.map("per_device_eval_batch_size", "training.per_device_eval_batch_size", int)
-    conv.map("gradient_accumulation_steps", "training.gradient_accumulation_steps", int)
-    conv.map("num_train_epochs", "training.num_train_epochs", float)
-    conv.map("max_steps", "training.max_steps", int)
+    base.batching(conv)
     base.optimization(conv, scheduler_key="lr_scheduler_type", optimizer_key="optim")
     _precision(conv)
     conv.map("disable_gradient_checkpointing", "training.gradient_checkpointing", lambda v: not v,
