@@ -67,6 +67,9 @@ def plan(counts: list[list[int]], weights: list[float], *, mode: str, seed: int,
     budget = sum(sizes)
     chosen: list[list[int]] = []
     for index, (row_counts, share) in enumerate(zip(counts, shares(weights, sizes, mode, temperature), strict=True)):
+        if sizes[index] == 0:  # nothing to draw from (the caller names the source)
+            chosen.append([])
+            continue
         rng = np.random.default_rng([seed, index])
         target = share * budget
         picked: list[int] = []

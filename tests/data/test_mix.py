@@ -30,6 +30,10 @@ def test_a_small_source_is_repeated_and_a_large_one_thinned_never_silently():
     assert len(set(large)) == 220  # the large source leaves 180 rows out (reported as unused_rows)
 
 
+def test_a_source_that_counts_for_nothing_gets_no_rows():
+    assert plan([[0, 0], [3, 4]], [1, 1], mode="proportional", seed=0)[0] == []
+
+
 def test_temperature_and_concat():
     sizes = [100, 900]
     assert shares([1, 1], sizes, "temperature", 1.0) == pytest.approx([0.1, 0.9])
