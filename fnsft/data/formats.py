@@ -29,7 +29,9 @@ def detect_format(rows: Sequence[Mapping[str, Any]], source: str) -> Detection:
     """Decide the format from the keys of the first rows; explain the decision."""
     if not rows:
         raise DataError(f"{source}: the dataset is empty")
-    keys = set(rows[0].keys()) if isinstance(rows[0], Mapping) else set()
+    # Only the fields the first row fills: a file mixing formats gets every column in every row (None where a
+    # row lacks it), and a 'messages' column of Nones must not make an alpaca row 1 look like a broken chat row.
+    keys = {key for key, value in rows[0].items() if value is not None} if isinstance(rows[0], Mapping) else set()
     if "messages" in keys:
         return Detection("messages", "rows have a 'messages' list")
     if "conversations" in keys:

@@ -88,3 +88,21 @@ def test_wrong_role_is_named(tmp_path):
 def test_conversation_without_assistant_turn_is_rejected():
     with pytest.raises(DataError, match="no assistant turn"):
         to_canonical({"messages": [{"role": "user", "content": "u"}]}, "messages", "row 3")
+
+
+def test_a_file_mixing_formats_blames_the_first_row_of_the_other_format(tmp_path):
+    """datasets gives every row every column (None where a row lacks it): detection reads the filled ones."""
+    from fnsft.data.load import load_raw
+    from fnsft.data.prepare import canonicalize, detect
+    from fnsft.errors import DataError
+    from fnsft.recipe.schema import DataSection
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n'
+                    '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n')
+    section = DataSection(path=str(path))
+    raw = load_raw(section)
+    detection = detect(raw, section)
+    assert detection.format == "alpaca"
+    with pytest.raises(DataError, match=r"mixed\.jsonl:3 \(row 3\): missing field 'instruction'"):
+        canonicalize(raw, section, detection.format)
