@@ -274,3 +274,12 @@ def test_wrong_types_name_the_file_and_line(tmp_path):
     path.write_text((FIXTURES / "axolotl/lora-1b.yml").read_text().replace("lora_r: 16", "lora_r: sixteen"))
     with pytest.raises(RecipeError, match=r"bad\.yml:\d+: lora_r: 'sixteen' cannot be read"):
         convert_file(path, "axolotl", command="t", output=tmp_path / "o.yaml")
+
+
+def test_an_infinite_count_names_the_file_and_line(tmp_path):
+    """int(.inf) raises OverflowError, not ValueError: found by the random-config property test."""
+    path = tmp_path / "inf.yml"
+    path.write_text((FIXTURES / "axolotl/lora-1b.yml").read_text().replace(
+        "gradient_accumulation_steps: 2", "gradient_accumulation_steps: .inf"))
+    with pytest.raises(RecipeError, match=r"inf\.yml:\d+: gradient_accumulation_steps: .*cannot be read"):
+        convert_file(path, "axolotl", command="t", output=tmp_path / "o.yaml")

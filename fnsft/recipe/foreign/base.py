@@ -152,7 +152,7 @@ class Conversion:
             return None
         try:
             converted = convert(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
             raise RecipeError(f"{self.where(key)}: {key}: {format_source(value)!r} cannot be read ({exc})") from None
         self.put(path, converted, key=key, from_default=from_default, source_value=value, note=note)
         return converted
