@@ -71,9 +71,11 @@ def migrate_config(
         raise RecipeError("give --gpu-memory or --gpu, not both")
     budget = _gpu_budget(gpu_memory, gpu)
     command = _command_line(recipe, to, upgrade, num_gpus, gpu_memory, gpu)
+    target = recipe if in_place else output or default_output_path(recipe, to.value if to else "v1")
     try:
         if to is not None:
-            result = migrate_file(recipe, to.value, command=command, num_gpus=num_gpus, gpu_budget=budget)
+            result = migrate_file(recipe, to.value, command=command, num_gpus=num_gpus, gpu_budget=budget,
+                                  output=target)
         else:
             result = upgrade_file(recipe, command=command)
     except AlreadyMigrated as exc:
@@ -86,7 +88,6 @@ def migrate_config(
     if diff:
         _print_diff(recipe, result.original_text, result.text)
         return
-    target = recipe if in_place else output or default_output_path(recipe, to.value if to else "v1")
     _write(recipe, target, result.text, in_place=in_place, force=force)
     _print_summary(result)
     from fnsft.console import err, out

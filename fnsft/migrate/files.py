@@ -4,6 +4,8 @@ the changes into the user's YAML with comments and key order kept, and check tha
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +13,20 @@ from pydantic import BaseModel
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from fnsft.errors import FnsftError
 from fnsft.migrate.fit import fit_to_gpu, model_params
-from fnsft.migrate.rules import Change, Target, apply_to_yaml, lr_warnings, merge_changes, migrate, spread_over_gpus
+from fnsft.migrate.rules import (
+    Change,
+    StaleComments,
+    Target,
+    apply_to_yaml,
+    lr_warnings,
+    merge_changes,
+    migrate,
+    spread_over_gpus,
+)
 from fnsft.recipe import roundtrip
-from fnsft.recipe.load import parse_yaml_file, validate
+from fnsft.recipe.load import load_recipe, parse_yaml_file, validate
 from fnsft.recipe.schema import Recipe
 from fnsft.recipe.versions import UpgradeResult, plan_upgrade
 
@@ -51,8 +63,26 @@ def _finish(path: Path, root: CommentedMap, recipe: Recipe, **fields: Any) -> Fi
                          **fields)
 
 
+def output_dirs_taken(source: Path, output: Path | None) -> Callable[[str], bool]:
+    """Whether a run directory is claimed: by another recipe in the source's folder (the shipped recipes/ pairs:
+    ``peft-7b`` → full must not train into ``full-7b``'s runs/full-7b), or by an existing directory (relative to
+    the current directory, as ``fnsft train`` reads it). The source and the file being written do not count.
+    """
+    skip = {source.resolve(), *([output.resolve()] if output is not None else [])}
+    claimed = set()
+    for sibling in sorted([*source.parent.glob("*.yaml"), *source.parent.glob("*.yml")]):
+        if sibling.resolve() in skip:
+            continue
+        try:
+            claimed.add(os.path.normpath(load_recipe(sibling).output.dir))
+        except (FnsftError, OSError):  # a file beside it that is no recipe claims nothing
+            continue
+    return lambda run_dir: os.path.normpath(run_dir) in claimed or Path(run_dir).expanduser().exists()
+
+
 def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | None = None,
-                 gpu_budget: tuple[int, str] | None = None, num_params: int | None = None) -> FileMigration:
+                 gpu_budget: tuple[int, str] | None = None, num_params: int | None = None,
+                 output: Path | None = None) -> FileMigration:
     """Migrate a recipe file (any supported version) to ``to``, keeping the user's comments and key order.
 
     Args:
@@ -62,6 +92,7 @@ def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | 
         num_gpus: Total GPUs for the new recipe (the effective batch is kept); None keeps the recipe's.
         gpu_budget: (bytes per GPU, how the user said it) to size the batch and memory savers with the estimator.
         num_params: Model size for the lr rule (None: :func:`model_params`).
+        output: Where the result will be written (its own ``output.dir`` does not count as taken).
 
     Raises:
         RecipeError: invalid recipe (with file and line), unknown version, or a batch that cannot be spread.
@@ -70,7 +101,8 @@ def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | 
     """
     path = Path(path)
     root, upgraded, recipe = _load_current(path)
-    migration = migrate(recipe, to, num_params=num_params if num_params is not None else model_params(recipe.model))
+    migration = migrate(recipe, to, num_params=num_params if num_params is not None else model_params(recipe.model),
+                        output_dir_taken=output_dirs_taken(path, output))
     result, changes = migration.recipe, migration.changes
     if num_gpus is not None:
         result, gpu_changes = spread_over_gpus(result, num_gpus)
@@ -82,11 +114,7 @@ def migrate_file(path: str | Path, to: Target, *, command: str, num_gpus: int | 
     header = [f"{roundtrip.HEADER_PREFIX}: {migration.source_method} → {migration.target_method} from {path}"
               + (f" (recipe version {upgraded.from_version} upgraded to {upgraded.to_version})" if upgraded else ""),
               f"{roundtrip.HEADER_PREFIX}: made by `{command}`"]
-    if migration.source_method != migration.target_method and roundtrip.has_user_header(root):
-        header.append(f"{roundtrip.HEADER_PREFIX}: the comment lines below were written for the source "
-                      f"({migration.source_method}) recipe and are kept as written: check them against this "
-                      f"{migration.target_method} one")
-    apply_to_yaml(root, changes, header)
+    apply_to_yaml(root, changes, header, StaleComments(migration.source_method, migration.target_method, path.name))
     return _finish(path, root, result, changes=changes, upgrade=upgraded, warnings=lr_warnings(result),
                    peak_bytes=peak)
 

@@ -4,7 +4,18 @@
 
 :func:`migrate` is pure (Recipe → Recipe) and returns every change as data (:class:`Change`), so the command can
 comment each changed line, print a summary table or a diff without knowing the rules. :func:`apply_to_yaml`
-writes the changes into the user's round-trip YAML, keeping their comments and key order.
+writes the changes into the user's round-trip YAML, keeping their key order and their comments, except where a
+comment would now be false:
+
+* a comment on a line whose value changed described the old value: it moves into fnsft's note, quoted after
+  that value (``learning_rate: 2.0e-5  # was 2.0e-4 — "guide: PEFT takes higher learning rates"; full …``);
+* a comment on an unchanged line that names the source's method (LoRA/PEFT/adapter, QLoRA/4-bit/nf4, full) and
+  not the target's gets ``# written for the source full recipe`` before it;
+* each run of header lines that name the source's method or file (``fnsft train recipes/peft-7b.yaml``) gets an
+  fnsft line before it: ``the next 4 lines describe the source lora recipe (peft-7b.yaml), not this full one``.
+
+Comments of removed sections go with them. A later migration replaces fnsft's notes; a quoted comment is not put
+back on a value migrated back (the source file still has it).
 
 The rules (guide, "Migration Guide" and "Best Practices"; the shipped recipe pairs in recipes/):
 
@@ -20,7 +31,9 @@ The rules (guide, "Migration Guide" and "Best Practices"; the shipped recipe pai
 * gradient checkpointing on and checkpoints twice as often for full fine-tuning; half as often back to PEFT.
 * adapter and quantization sections are removed for full; PEFT gets LoRA r=16/alpha=32 (the schema defaults)
   unless the recipe sets its own, and ``--to qlora`` adds 4-bit quantization.
-* the output directory is renamed (``runs/x-lora`` → ``runs/x-full``; a name without a method gets a suffix).
+* the output directory is renamed (``runs/x-lora`` → ``runs/x-full``; a name without a method gets a suffix) to
+  one that no other recipe in the source's folder uses and that is not an existing directory (the shipped
+  ``recipes/peft-7b.yaml`` → ``runs/peft-7b-to-full``, since ``recipes/full-7b.yaml`` trains into ``runs/full-7b``).
 
 Every method-dependent value (lr, warmup, weight decay) is written explicitly, computed from the source recipe's
 resolved values: the schema fills unset ones per method, so leaving them out would silently change them.
@@ -31,6 +44,7 @@ for a GPU budget with the estimator is :mod:`fnsft.migrate.fit`; files (comments
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -83,11 +97,20 @@ class Change(BaseModel):
     reason: str
     was_default: bool = False
 
-    def comment(self) -> str:
-        """The note written at the end of the changed line: ``was 2e-4 (default); full fine-tuning: lr ÷4 (guide)``."""
-        if self.was_default and self.old == self.new:
+    @property
+    def changes_value(self) -> bool:
+        return not (self.was_default and self.old == self.new)
+
+    def comment(self, replaced: str | None = None) -> str:
+        """The note written at the end of the changed line: ``was 2e-4 (default); full fine-tuning: lr ÷4 (guide)``.
+
+        ``replaced``: the user's comment on the line, which described the old value; it is quoted after it
+        (``was 2e-4 — "guide: PEFT rates"; …``) instead of staying on the line as if it described the new one.
+        """
+        if not self.changes_value:
             return f"default made explicit; {self.reason}"
-        return f"was {format_value(self.old)}{' (default)' if self.was_default else ''}; {self.reason}"
+        quoted = f' — "{replaced}"' if replaced else ""
+        return f"was {format_value(self.old)}{' (default)' if self.was_default else ''}{quoted}; {self.reason}"
 
 
 class Migration(BaseModel):
@@ -163,12 +186,17 @@ def batch_for_peft(per_device: int, accumulation: int) -> tuple[int, int]:
     return per_device * factor, accumulation // factor
 
 
-def rename_output_dir(path: str, target_method: str) -> str:
-    """Swap the method word in the run directory's last component, or append it (``runs/x`` → ``runs/x-full``)."""
+def rename_output_dir(path: str, target_method: str, taken: Callable[[str], bool] = lambda _: False) -> str:
+    """A run directory for the migrated recipe that nothing else claims (``taken``: another recipe's or an
+    existing run's), first found of: the method word swapped or appended (``runs/x-lora`` → ``runs/x-full``,
+    ``runs/x`` → ``runs/x-full``), then ``runs/x-lora-to-full``, then that numbered (``-2``, ``-3``, …).
+    """
     head, sep, last = path.rstrip("/").rpartition("/")
     pattern = re.compile(rf"(?<![a-z])({'|'.join(_METHOD_WORDS)})(?![a-z])", re.IGNORECASE)
     renamed = pattern.sub(target_method, last, count=1) if pattern.search(last) else f"{last}-{target_method}"
-    return f"{head}{sep}{renamed}"
+    converted = f"{last}-to-{target_method}"
+    names = itertools.chain([renamed, converted], (f"{converted}-{n}" for n in itertools.count(2)))
+    return next(f"{head}{sep}{name}" for name in names if not taken(f"{head}{sep}{name}"))
 
 
 @dataclass(frozen=True)
@@ -181,6 +209,7 @@ class Context:
     lr_factor: int
     size_rule: str
     batch: tuple[int, int]
+    output_dir_taken: Callable[[str], bool]
 
     @property
     def direction(self) -> str:
@@ -285,8 +314,8 @@ RULES: tuple[Rule, ...] = (
     Rule("training.save_steps", BETWEEN, _save_steps,
          lambda c: ("full fine-tuning: checkpoints twice as often (guide: save more frequently)"
                     if c.target_method == "full" else "PEFT: checkpoints half as often (back from full)")),
-    Rule("output.dir", ANY, lambda c: rename_output_dir(c.source.output.dir, c.target_method),
-         lambda c: "a new run directory, so the source recipe's run is kept"),
+    Rule("output.dir", ANY, lambda c: rename_output_dir(c.source.output.dir, c.target_method, c.output_dir_taken),
+         lambda c: "a new run directory (no other recipe beside the source uses it), so the source's run is kept"),
 )
 
 
@@ -310,13 +339,16 @@ def _set_in(data: dict, dotted: str, value: Any) -> None:
         data[leaf] = value
 
 
-def migrate(recipe: Recipe, to: Target, *, num_params: int | None = None) -> Migration:
+def migrate(recipe: Recipe, to: Target, *, num_params: int | None = None,
+            output_dir_taken: Callable[[str], bool] = lambda _: False) -> Migration:
     """Apply the migration table to a recipe.
 
     Args:
         recipe: The recipe as written (method-dependent values may be unset; they are resolved here).
         to: ``full``, ``peft`` (LoRA) or ``qlora``.
         num_params: Model size for the lr rule; None reads it from the model name, else the unknown-size factor.
+        output_dir_taken: Whether a run directory is already claimed (by another recipe, or on disk); the
+            migrated recipe's ``output.dir`` is one that is not (:func:`rename_output_dir`).
 
     Returns:
         The migrated recipe (valid, with lr/warmup/weight decay explicit) and the changes, in table order.
@@ -336,7 +368,8 @@ def migrate(recipe: Recipe, to: Target, *, num_params: int | None = None) -> Mig
     training = source.training
     split = batch_for_full if target_method == "full" else batch_for_peft
     ctx = Context(written=recipe, source=source, target_method=target_method, lr_factor=factor, size_rule=size_rule,
-                  batch=split(training.per_device_train_batch_size, training.gradient_accumulation_steps))
+                  batch=split(training.per_device_train_batch_size, training.gradient_accumulation_steps),
+                  output_dir_taken=output_dir_taken)
 
     data = recipe.model_dump(mode="json", exclude_unset=True)
     changes: list[Change] = []
@@ -376,9 +409,69 @@ def lr_warnings(recipe: Recipe) -> list[str]:
             f"{format_value(low)}..{format_value(high)}; kept, so that migrating back returns the original"]
 
 
-def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[str]) -> CommentedMap:
+#: Words by which a comment names a method; a comment naming the source's (and not the target's) is stale.
+_METHOD_WORDS_IN_COMMENTS: dict[str, tuple[str, ...]] = {
+    "full": ("full",),
+    "lora": ("lora", "peft", "adapters?"),
+    "qlora": ("qlora", "lora", "peft", "adapters?", "4-?bit", "nf4", r"quantiz\w*"),
+}
+
+
+@dataclass(frozen=True)
+class StaleComments:
+    """Which of the user's comments a method change makes false: those naming the source's method or file."""
+
+    source_method: str
+    target_method: str
+    source_name: str  # the source file's name: a header's `fnsft train recipes/peft-7b.yaml` trains that file
+
+    def names_source(self, comment: str) -> bool:
+        words = [w for w in _METHOD_WORDS_IN_COMMENTS[self.source_method]
+                 if w not in _METHOD_WORDS_IN_COMMENTS[self.target_method]]
+        pattern = re.compile(rf"(?<![a-z0-9])({'|'.join(words)})(?![a-z0-9])", re.IGNORECASE) if words else None
+        return bool(pattern and pattern.search(comment)) or bool(self.source_name and self.source_name in comment)
+
+    def header_marks(self, lines: list[str]) -> dict[int, str]:
+        """Before each run of header lines that name the source: a line saying what they describe."""
+        marks: dict[int, str] = {}
+        start = 0
+        while start < len(lines):
+            end = start
+            while end < len(lines) and self.names_source(lines[end]):
+                end += 1
+            if end > start:
+                count = "the next line describes" if end - start == 1 else f"the next {end - start} lines describe"
+                marks[start] = (f"{count} the source {self.source_method} recipe ({self.source_name}), "
+                                f"not this {self.target_method} one")
+            start = end + 1
+        return marks
+
+    @property
+    def note(self) -> str:
+        """Put before a kept user comment on an unchanged line that names the source's method."""
+        return f"{roundtrip.SOURCE_NOTE} {self.source_method} recipe"
+
+
+def _maps(node: Any) -> Iterable[CommentedMap]:
+    """Every mapping of the YAML tree (those inside lists too), parents first."""
+    if isinstance(node, CommentedMap):
+        yield node
+    children = node.values() if isinstance(node, CommentedMap) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from _maps(child)
+
+
+def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[str],
+                  stale: StaleComments | None = None) -> CommentedMap:
     """Write changes into round-trip YAML in place: each changed line gets ``# was X; why``, removed sections are
-    noted on their parent's first remaining line, missing keys are added in schema order, comments stay.
+    noted on their parent's first remaining line, missing keys are added in schema order.
+
+    The user's comments stay, except where they would now be false: the comment on a line whose value changed
+    described the old value, so it moves into fnsft's note, quoted after that value (``# was 2.0e-4 — "guide:
+    PEFT takes higher learning rates"; full fine-tuning: lr ÷10``). With ``stale`` (a method change), a comment
+    on an unchanged line that names the source's method gets ``written for the source lora recipe`` before it,
+    and each run of header lines naming the source's method or file gets a line before it saying they describe
+    the source recipe. Comments of removed sections go with them.
     """
     def order(keys: list[str]) -> list[str]:
         model = model_at(keys)
@@ -388,6 +481,7 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
         roundtrip.insert_key(root, "version", CURRENT_VERSION, order([]))
         roundtrip.set_eol_comment(root, "version", "added: recipe schema version")
     comments: dict[tuple[int, str], tuple[CommentedMap, str, list[str], int]] = {}
+    replaced: set[tuple[int, str]] = set()  # lines whose user comment moved into fnsft's note
     removals = []
     for change in changes:
         *parents, leaf = change.path.split(".")
@@ -400,11 +494,14 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
                 roundtrip.insert_key(node, key, CommentedMap(), order(parents[:depth]))
             node = node[key]
         value = roundtrip.yaml_value(change.new)
+        user = roundtrip.user_eol_comment(node, leaf) if leaf in node and change.changes_value else None
         if leaf in node:
             node[leaf] = value
         else:
             roundtrip.insert_key(node, leaf, value, order(parents))
-        comments.setdefault((id(node), leaf), (node, leaf, [], 2 * len(parents)))[2].append(change.comment())
+        comments.setdefault((id(node), leaf), (node, leaf, [], 2 * len(parents)))[2].append(change.comment(user))
+        if user:
+            replaced.add((id(node), leaf))
     for change in removals:
         *parents, leaf = change.path.split(".")
         node = get_path(root, ".".join(parents)) if parents else root
@@ -415,10 +512,17 @@ def apply_to_yaml(root: CommentedMap, changes: Iterable[Change], header: list[st
             anchor = next(iter(node))
             entry = comments.setdefault((id(node), anchor), (node, anchor, [], 2 * len(parents)))
             entry[2].append(f"removed {leaf}: {change.reason}")
+    if stale is not None:
+        for node in _maps(root):
+            for key in node:
+                user = roundtrip.user_eol_comment(node, key)
+                if user and (id(node), key) not in replaced and stale.names_source(user):
+                    comments.setdefault((id(node), key), (node, key, [], 0))[2].append(stale.note)
     for node, key, notes, indent in comments.values():
         node.fa.set_block_style()  # a comment cannot end a line inside {a: 1, b: 2}
-        roundtrip.set_eol_comment(node, key, "; ".join(notes), indent)
-    roundtrip.set_header(root, header)
+        roundtrip.set_eol_comment(node, key, "; ".join(notes), indent,
+                                  keep_user=(id(node), key) not in replaced)
+    roundtrip.set_header(root, header, stale.header_marks if stale is not None else None)
     return root
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -24,7 +24,8 @@ from ruamel.yaml.tokens import CommentToken
 #: Column where generated end-of-line comments start when the key has no comment yet.
 EOL_COLUMN = 40
 #: Comments written by fnsft start like this, so a later migration replaces them instead of piling them up.
-GENERATED_COMMENT = re.compile(r"^(was |added|removed|upgraded|default made explicit)")
+SOURCE_NOTE = "written for the source"
+GENERATED_COMMENT = re.compile(rf"^(was |added|removed|upgraded|default made explicit|{SOURCE_NOTE} )")
 HEADER_PREFIX = "fnsft migrate-config"
 
 
@@ -77,14 +78,21 @@ def eol_comment(node: CommentedMap, key: Any) -> str | None:
     return split_comment(token.value)[0] if token else None
 
 
-def set_eol_comment(node: CommentedMap, key: Any, note: str, indent: int = 0) -> None:
-    """Put ``note`` at the end of ``key``'s line, keeping the user's own comment after it.
+def user_eol_comment(node: CommentedMap, key: Any) -> str | None:
+    """The user's own end-of-line comment on ``key``'s line (not a note fnsft wrote), without '#'."""
+    eol = eol_comment(node, key)
+    return eol if eol and not GENERATED_COMMENT.match(eol) else None
+
+
+def set_eol_comment(node: CommentedMap, key: Any, note: str, indent: int = 0, *, keep_user: bool = True) -> None:
+    """Put ``note`` at the end of ``key``'s line, keeping the user's own comment after it (unless ``keep_user``
+    is false: the note replaces it).
 
     ``indent`` is the key's column, used to place the comment of a key that was not read from a file.
     """
     token = _token(node, key, 2)
     eol, following = split_comment(token.value) if token else (None, "")
-    if eol and not GENERATED_COMMENT.match(eol):
+    if eol and keep_user and not GENERATED_COMMENT.match(eol):
         note = f"{note}  # {eol}"
     column = token.column if token and eol is not None else _eol_column(node, key, indent)
     _set_token(node, key, 2, f"# {note}\n{following}", column)
@@ -205,23 +213,26 @@ def flow_list(items: Iterable[Any]) -> CommentedSeq:
     return seq
 
 
-def has_user_header(root: CommentedMap) -> bool:
-    """The file starts with comment lines of its own (not fnsft's)."""
-    comment = root.ca.comment
-    tokens = (comment[1] or []) if comment else []
-    return any(t.value.strip("# \n") and not t.value.lstrip("# ").startswith(HEADER_PREFIX) for t in tokens)
+def set_header(root: CommentedMap, lines: list[str],
+               marks: Callable[[list[str]], dict[int, str]] | None = None) -> None:
+    """Replace fnsft's header lines at the top of the file (previous ones included), keeping the user's.
 
-
-def set_header(root: CommentedMap, lines: list[str]) -> None:
-    """Replace fnsft's header lines at the top of the file (previous ones included), keeping the user's."""
+    ``marks`` maps the user's header lines to {index: note}: each note becomes an fnsft line before that line.
+    """
     comment = root.ca.comment
     if comment is None:
         root.ca.comment = comment = [None, []]
     if comment[1] is None:
         comment[1] = []
     user_tokens = [t for t in comment[1] if not t.value.lstrip("# ").startswith(HEADER_PREFIX)]
+    notes = marks([t.value for t in user_tokens]) if marks else {}
     ours = [CommentToken(f"# {line}\n", CommentMark(0)) for line in lines]
-    comment[1] = ours + user_tokens
+    kept = []
+    for index, token in enumerate(user_tokens):
+        if index in notes:
+            kept.append(CommentToken(f"# {HEADER_PREFIX}: {notes[index]}\n", CommentMark(0)))
+        kept.append(token)
+    comment[1] = ours + kept
 
 
 class _ExactFloatRepresenter(RoundTripRepresenter):

@@ -160,6 +160,13 @@ def test_rename_output_dir(path, target, expected):
     assert rename_output_dir(path, target) == expected
 
 
+def test_rename_output_dir_skips_directories_that_are_taken():
+    taken = {"runs/full-7b", "runs/peft-7b-to-full", "runs/peft-7b-to-full-2"}
+    assert rename_output_dir("runs/peft-7b", "full", taken.__contains__) == "runs/peft-7b-to-full-3"
+    assert rename_output_dir("runs/peft-7b", "full", {"runs/full-7b"}.__contains__) == "runs/peft-7b-to-full"
+    assert rename_output_dir("out", "lora", {"out-lora"}.__contains__) == "out-to-lora"
+
+
 def test_lr_outside_the_guide_range_is_flagged_not_clamped():
     result = migrate(make(model="org/m-135M", learning_rate=5e-4), "full")
     assert result.recipe.training.learning_rate == pytest.approx(1.25e-4)

@@ -15,11 +15,12 @@ from ruamel.yaml import YAML
 
 from fnsft.errors import RecipeError
 from fnsft.migrate.files import migrate_file, upgrade_file
-from fnsft.migrate.rules import AlreadyMigrated, effective_batch
+from fnsft.migrate.rules import AlreadyMigrated, StaleComments, effective_batch, format_value
 from fnsft.recipe.load import load_recipe, validate
 
 GOLDEN = Path(__file__).parents[1] / "recipe" / "golden"
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+SHIPPED = Path(__file__).parents[2] / "recipes"
+RECIPES = sorted(SHIPPED.glob("*.yaml"))
 V1_SOURCES = sorted((GOLDEN / "v1").glob("*.yaml"))
 V0_SOURCES = sorted((GOLDEN / "v0").glob("*.yaml"))
 TARGETS = ("full", "peft", "qlora")
@@ -96,17 +97,20 @@ def test_every_changed_line_is_commented_and_the_header_names_source_and_command
             assert f"removed {leaf}:" in result.text
             continue
         line = next(line for line in lines if line.strip().startswith(f"{leaf}:"))
-        assert change.comment() in line, line
+        assert f"was {format_value(change.old)}" in line and change.reason in line, line
     lr_line = next(line for line in lines if "learning_rate:" in line)
-    assert re.search(r"learning_rate: 2\.0e-5 +# was 2\.0e-4; full fine-tuning: lr ÷10 \(guide", lr_line)
-    assert lr_line.endswith("# guide: 1e-4..5e-4 for PEFT")  # the user's own comment stays after ours
+    # the user's comment described the old value: it is quoted after it, not left to describe the new one
+    assert re.search(r'learning_rate: 2\.0e-5 +# was 2\.0e-4 — "guide: 1e-4\.\.5e-4 for PEFT"; full fine-tuning: '
+                     r"lr ÷10 \(guide", lr_line)
+    assert lr_line.count("#") == 1
 
 
 def test_migrating_twice_replaces_the_notes_instead_of_piling_them_up(tmp_path):
     once = tmp_path / "full.yaml"
     once.write_text(migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="c1").text)
     back = migrate_file(once, "peft", command="c2").text
-    assert back.count("fnsft migrate-config:") == 3  # a fresh header (3 lines), not the first run's too
+    assert back.count("fnsft migrate-config:") == 2  # a fresh header, not the first run's too
+    assert "describes the source" not in back  # the kept header names no full fine-tuning: nothing to mark
     assert back.count("fnsft migrate-config: made by") == 1
     assert "c1" not in back
     assert back.count("# was ") == sum(1 for line in back.splitlines() if "# was " in line)  # one note per line
@@ -141,6 +145,62 @@ def test_untouched_values_keep_their_exact_value(tmp_path):
 def test_the_source_header_is_marked_as_the_source_recipes_after_a_method_change():
     result = migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "full", command="c")
     lines = result.text.splitlines()
-    assert lines[2] == ("# fnsft migrate-config: the comment lines below were written for the source (lora) recipe "
-                        "and are kept as written: check them against this full one")
+    assert lines[2] == "# fnsft migrate-config: the next line describes the source lora recipe (peft-7b.yaml), not this full one"
     assert lines[3] == "# LoRA on a 7B model, the guide's PEFT best practices."
+    qlora = migrate_file(GOLDEN / "v1" / "peft-7b.yaml", "qlora", command="c").text  # LoRA is still true of QLoRA
+    assert "describes the source" not in qlora and "# LoRA on a 7B model" in qlora
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_no_comment_of_a_shipped_recipe_is_left_describing_a_value_or_method_it_no_longer_has(recipe):
+    """Every direction on recipes/*.yaml: a changed line's comment is quoted after its old value; a kept line
+    naming the source's method is marked; every header line naming the source's method or file is announced."""
+    source_method = load_recipe(recipe).method.name
+    for to in TARGETS:
+        result = _migrate_or_skip(recipe, to)
+        if result is None:
+            continue
+        stale = StaleComments(source_method, result.recipe.method.name, recipe.name)
+        lines = result.text.splitlines()
+        changed = {c.path.split(".")[-1] for c in result.changes if c.action == "set" and c.changes_value}
+        announced = False
+        for line in lines:
+            if line.startswith("# fnsft migrate-config:"):
+                announced = announced or "describe" in line
+            elif line.startswith("#"):  # the user's header
+                announced = announced and stale.names_source(line)
+                assert announced or not stale.names_source(line), f"{recipe.name} → {to}: {line}"
+            elif "#" in line:
+                key, _, comment = line.partition("#")
+                notes = comment.split("  # ")
+                if key.strip().rstrip(":").split(":")[0] in changed:
+                    assert len(notes) == 1 and notes[0].startswith(" was "), f"{recipe.name} → {to}: {line}"
+                elif stale.names_source(notes[-1]) and not notes[-1].startswith(" was "):
+                    assert notes[0].strip() == f"written for the source {source_method} recipe", line
+
+
+def test_comments_of_a_full_recipe_migrated_to_peft(tmp_path):
+    """The shipped full-7b.yaml → PEFT, line by line: what the user would have seen as false before the fix."""
+    text = migrate_file(SHIPPED / "full-7b.yaml", "peft", command="c").text
+    assert ('learning_rate: 2.0e-4             # was 2.0e-5 — "guide: lower learning rates for full fine-tuning '
+            '(1e-5 to 1e-4)"; PEFT: lr ×10') in text
+    assert ("save_total_limit: 2               # written for the source full recipe  # each full checkpoint is "
+            "~14 GB") in text
+    assert "# fnsft migrate-config: the next 4 lines describe the source full recipe (full-7b.yaml), not this lora one" in text
+    assert "  dir: runs/lora-7b " in text  # not runs/peft-7b: recipes/peft-7b.yaml trains there
+
+
+def test_the_output_dir_is_one_no_other_recipe_beside_it_uses_and_that_does_not_exist(tmp_path, monkeypatch):
+    text = migrate_file(SHIPPED / "peft-7b.yaml", "full", command="c").text
+    assert "  dir: runs/peft-7b-to-full " in text  # runs/full-7b is recipes/full-7b.yaml's run
+    for name in ("peft-7b.yaml", "full-7b.yaml"):
+        (tmp_path / name).write_text((SHIPPED / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "peft-7b-to-full").mkdir(parents=True)  # an earlier migrated run
+    assert "  dir: runs/peft-7b-to-full-2 " in migrate_file("peft-7b.yaml", "full", command="c").text
+    # the file being rewritten does not claim its own directory: migrating again gives the same answer
+    (tmp_path / "peft-7b-full.yaml").write_text(migrate_file("peft-7b.yaml", "full", command="c").text)
+    again = migrate_file("peft-7b.yaml", "full", command="c", output=tmp_path / "peft-7b-full.yaml").text
+    assert "  dir: runs/peft-7b-to-full-2 " in again
+    (tmp_path / "full-7b.yaml").unlink()
+    assert "  dir: runs/full-7b " in migrate_file("peft-7b.yaml", "full", command="c").text  # free again
