@@ -18,7 +18,11 @@ class RichProgressCallback(TrainerCallback):
     """One bar for optimizer steps showing the latest loss and learning rate.
 
     Without a terminal (CI logs, `docker logs`, a redirected file) a bar would only appear at the end, so each
-    logging step prints one plain line instead.
+    step that logged something prints one plain line instead: its loss, its evaluation loss (only when one was
+    computed at that step) and the learning rate the step used (transformers logs the rate before the scheduler
+    steps; ``lr 0.00e+00`` on step 1 is real: a linear warmup starts at 0). The line of a step is printed when the next step
+    begins or training ends, so a loss and the evaluation right after it share one line. Evaluations after
+    training (the after-training report) print nothing here: the run's summary table shows them.
     """
 
     def __init__(self) -> None:
@@ -26,8 +30,11 @@ class RichProgressCallback(TrainerCallback):
         self.task = None
         self.last: dict[str, float] = {}
         self.eval_step: int | None = None  # the step the shown eval loss was computed at
+        self.pending: tuple[int, int, dict[str, float]] | None = None  # (step, max steps, values) not printed yet
+        self.finished = False
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.finished = False
         if not err.is_terminal or not state.is_world_process_zero:
             return
         self.progress = Progress(
@@ -44,6 +51,9 @@ class RichProgressCallback(TrainerCallback):
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, stats="",
                                            phase="training")
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._flush()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, stats=self._stats())
@@ -58,18 +68,25 @@ class RichProgressCallback(TrainerCallback):
             self.progress.update(self.task, phase="training")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        for key in ("loss", "eval_loss", "learning_rate"):
-            if key in logs:
-                self.last[key] = logs[key]
-        if "eval_loss" in logs:
+        if self.finished or not state.is_world_process_zero:
+            return
+        shown = {key: value for key, value in (logs or {}).items() if key in ("loss", "eval_loss", "learning_rate")}
+        self.last.update(shown)
+        if "eval_loss" in shown:
             self.eval_step = state.global_step
         if self.progress is not None:
             self.progress.update(self.task, stats=self._stats())
-        elif ("loss" in logs or "eval_loss" in logs) and state.is_world_process_zero:
-            # one line per log event, with only what that event computed (no repeated eval loss, no repeated step)
-            shown = self._stats(logs, eval_label="eval")
-            err.print(f"step {state.global_step}/{state.max_steps}  {shown}", highlight=False)
+        elif "loss" in shown or "eval_loss" in shown:
+            if self.pending is not None and self.pending[0] != state.global_step:
+                self._flush()
+            step, total, values = self.pending or (state.global_step, state.max_steps, {})
+            self.pending = (step, total, values | shown)
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            step, total, values = self.pending
+            self.pending = None
+            err.print(f"step {step}/{total}  {self._stats(values, eval_label='eval')}", highlight=False)
 
     def _stats(self, values: dict[str, float] | None = None, eval_label: str | None = None) -> str:
         values = self.last if values is None else values
@@ -86,6 +103,9 @@ class RichProgressCallback(TrainerCallback):
         self.stop()
 
     def stop(self) -> None:
+        """End of training: the last step's line is printed, later evaluations are not (see the class doc)."""
+        self._flush()
+        self.finished = True
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -108,8 +128,12 @@ def measured_peak_memory() -> dict[str, int | str]:
 
 
 def eval_loss_by_source(trainer: Any, by_source: dict[str, Any]) -> dict[str, float]:
-    """The evaluation loss of each source's held-out rows (a mixture's per-source report)."""
-    return {name: trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")["eval_loss"]
+    """The evaluation loss of each source's held-out rows (a mixture's per-source report).
+
+    Logged as ``eval_<source>_loss``, not ``eval_loss``: that is the whole eval split's, which the progress lines,
+    trackers and best-model selection read, and a source's loss logged under it would pass for it.
+    """
+    return {name: trainer.evaluate(eval_dataset=dataset, metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
             for name, dataset in by_source.items()}
 
 
