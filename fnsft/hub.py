@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from fnsft.errors import ExportError
-from fnsft.export.card import ArtifactKind, model_card
+from fnsft.export.card import ArtifactKind, model_card, resolve_base_model_id, validate_repo_id
 from fnsft.export.files import list_files
 from fnsft.export.merge import ADAPTER_CONFIG
 from fnsft.export.pipeline import MERGED, MODELFILE, open_run
@@ -61,19 +61,6 @@ class PushPlan(BaseModel):
         return sum(item.size for item in self.items)
 
 
-def validate_repo_id(repo_id: str, flag: str = "--repo-id") -> None:
-    """OWNER/NAME as the Hub accepts it; anything else is a clear error before any network call."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id as hub_validate
-
-    try:
-        hub_validate(repo_id)
-    except HFValidationError as exc:
-        raise ExportError(f"invalid {flag} {repo_id!r}: {str(exc).splitlines()[0]}") from None
-    if repo_id.count("/") != 1:
-        raise ExportError(f"invalid {flag} {repo_id!r}: use OWNER/NAME (a user or organisation name first)")
-
-
 def _folder_items(folder: Path, prefix: str = "") -> list[UploadItem]:
     return [
         UploadItem(path_in_repo=prefix + item.path.relative_to(folder).as_posix(), local_path=item.path, size=item.size)
@@ -95,23 +82,6 @@ def _adapter_items(run: RunDir, base_model_id: str) -> list[UploadItem]:
             content = json.dumps(config, indent=2, sort_keys=True) + "\n"
             items[index] = UploadItem(path_in_repo=ADAPTER_CONFIG, content=content, size=len(content.encode()))
     return items
-
-
-def _base_model_id(run: RunDir, recipe, manifest: dict, given: str | None) -> str:
-    """The Hub id a pushed adapter names as its base: --base-model-id, else the one the manifest recorded."""
-    from fnsft.models import base_hub_id
-
-    if given:
-        validate_repo_id(given, flag="--base-model-id")
-        return given
-    known = (manifest.get("base_model") or {}).get("hub_id") or base_hub_id(recipe.model)
-    if not known:
-        raise ExportError(
-            f"{run.root}: the base model {recipe.model.name_or_path} has no Hub id, so nobody else could load the "
-            "pushed adapter (its adapter_config.json names a path on this machine); pass --base-model-id OWNER/NAME, "
-            "the Hub model it was trained from. Nothing was uploaded"
-        )
-    return known
 
 
 def _export_items(run: RunDir, kinds: list[ArtifactKind]) -> list[UploadItem]:
@@ -175,7 +145,7 @@ def plan_push(
     items: list[UploadItem] = []
     base_id = base_model_id
     if "adapter" in kinds:
-        base_id = _base_model_id(run, recipe, manifest, base_model_id)
+        base_id = resolve_base_model_id(run, recipe, manifest, base_model_id, required=True)
         items += _adapter_items(run, base_id)
     if "full" in kinds:
         items += _folder_items(run.model)

@@ -31,6 +31,9 @@ def export(
                                 "failed check (report in exports/verify.json)."),
     verify_data: Path | None = typer.Option(None, "--verify-data", help="Examples (any training data format) to "
                                             "verify on instead of the run's eval split."),
+    base_model_id: str | None = typer.Option(
+        None, "--base-model-id", help="Hub id of the base model, named in the merged model's card and the GGUF "
+        "metadata (default: the one recorded at training, e.g. a packaged GGUF's original; a local base has none)."),
 ) -> None:
     """Merge a LoRA run into its base model and/or write GGUF files into RUN_DIR/exports/."""
     from rich.table import Table
@@ -42,6 +45,7 @@ def export(
     result = export_run(
         run_dir, merge=merge, gguf_types=gguf, max_shard_bytes=parse_size(max_shard_size),
         llama_quantize=llama_quantize, modelfile=modelfile, verify=verify, verify_data=verify_data,
+        base_model_id=base_model_id,
     )
     table = Table(title=f"fnsft export: {run_dir}")
     table.add_column("file (in RUN_DIR)")

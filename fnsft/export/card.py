@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel
 
-from fnsft.errors import ModelError
+from fnsft.errors import ExportError, ModelError
 from fnsft.models import ModelSource, base_hub_id, resolve_model
 from fnsft.recipe.load import dump_recipe
 from fnsft.recipe.schema import Recipe
@@ -74,6 +74,46 @@ def base_model_info(recipe: Recipe, hub_id: str | None = None) -> BaseModelInfo:
         info.license = _license_from_readme(Path(source.load_path) / "README.md")
         info.license_source = "the base model's README" if info.license else None
     return info
+
+
+def validate_repo_id(repo_id: str, flag: str = "--repo-id") -> None:
+    """OWNER/NAME as the Hub accepts it; anything else is a clear error before any network call."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate
+
+    try:
+        hub_validate(repo_id)
+    except HFValidationError as exc:
+        raise ExportError(f"invalid {flag} {repo_id!r}: {str(exc).splitlines()[0]}") from None
+    if repo_id.count("/") != 1:
+        raise ExportError(f"invalid {flag} {repo_id!r}: use OWNER/NAME (a user or organisation name first)")
+
+
+@overload
+def resolve_base_model_id(run: RunDir, recipe: Recipe, manifest: dict[str, Any], given: str | None, *,
+                          required: Literal[True]) -> str: ...
+@overload
+def resolve_base_model_id(run: RunDir, recipe: Recipe, manifest: dict[str, Any], given: str | None, *,
+                          required: bool) -> str | None: ...
+def resolve_base_model_id(run: RunDir, recipe: Recipe, manifest: dict[str, Any], given: str | None, *,
+                          required: bool) -> str | None:
+    """The Hub id exported/pushed files name as the base model: ``--base-model-id``, else the one the manifest
+    recorded (a ``package://`` GGUF: the model it was converted from), else that of the recipe's model.
+
+    Never a local path (training's adapter_config.json names the dequantized cache, ~/.cache/fnsft/gguf/<hash>):
+    unknown, it is None, or with ``required`` (push: nobody else could load the adapter) an error.
+    """
+    if given:
+        validate_repo_id(given, flag="--base-model-id")
+        return given
+    known = (manifest.get("base_model") or {}).get("hub_id") or base_hub_id(recipe.model)
+    if not known and required:
+        raise ExportError(
+            f"{run.root}: the base model {recipe.model.name_or_path} has no Hub id, so nobody else could load the "
+            "pushed adapter (its adapter_config.json names a path on this machine); pass --base-model-id OWNER/NAME, "
+            "the Hub model it was trained from. Nothing was uploaded"
+        )
+    return known
 
 
 DATA_FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow")

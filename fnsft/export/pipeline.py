@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fnsft.atomic import atomic_write_text
 from fnsft.errors import ExportError
-from fnsft.export.card import base_model_info, model_card, ollama_modelfile
+from fnsft.export.card import base_model_info, model_card, ollama_modelfile, resolve_base_model_id
 from fnsft.export.files import OutputFile, ensure_free_space, list_files
 from fnsft.export.gguf import (
     LLAMA_QUANTIZE_TYPES,
@@ -147,6 +147,7 @@ def export_run(
     modelfile: bool = True,
     verify: bool = False,
     verify_data: Path | None = None,
+    base_model_id: str | None = None,
 ) -> ExportResult:
     """Merge and/or write GGUF files for a finished run into RUN_DIR/exports/.
 
@@ -161,6 +162,9 @@ def export_run(
         verify: afterwards, compare the exports with the model they came from and check their metadata
             (:mod:`fnsft.export.verify`; the CLI does it by default); the report is ``result.verification``.
         verify_data: examples to verify on instead of the run's eval split.
+        base_model_id: the base model's Hub id for the merged model's card and the GGUF metadata (default: the
+            manifest's, see :func:`fnsft.export.card.resolve_base_model_id`); unknown, they name no base model rather
+            than a path on this machine.
 
     Returns:
         The files written, notes for the user and the verification report.
@@ -169,9 +173,13 @@ def export_run(
     gguf_types = list(dict.fromkeys(t.lower() for t in gguf_types or []))
     if not merge and not gguf_types:
         raise ExportError("nothing to export: give --merge and/or --gguf TYPE")
-    run, recipe, _manifest = open_run(run_path)
+    run, recipe, manifest = open_run(run_path)
+    base_id = resolve_base_model_id(run, recipe, manifest, base_model_id, required=False)
     remove_export_staging(run)
     result = ExportResult()
+    if base_id is None:
+        result.notes.append(f"the base model {recipe.model.name_or_path} has no Hub id, so the exports name no base "
+                            "model; pass --base-model-id OWNER/NAME (the Hub model it was trained from) to name it")
     if gguf_types:
         check_exportable(_model_config(run, recipe), gguf_types, llama_quantize)
     peft = recipe.method.is_peft
@@ -191,7 +199,8 @@ def export_run(
     if peft:
         model_dir = run.exports / MERGED
         merge_lora(base_dir, run.adapter, model_dir, max_shard_bytes=max_shard_bytes)
-        atomic_write_text(model_dir / "README.md", model_card(run, "merged", str(model_dir.resolve())))
+        atomic_write_text(model_dir / "README.md",
+                          model_card(run, "merged", str(model_dir.resolve()), base_model_id=base_id))
         result.files += list_files(model_dir)
         if not merge:
             result.notes.append(f"GGUF export needs the merged model: it was written to {model_dir} too")
@@ -201,7 +210,7 @@ def export_run(
         result.notes.append(f"full fine-tuning run: {run.model} is already the full model, nothing to merge")
 
     if gguf_types:
-        result.files += _write_gguf_files(run, recipe, model_dir, gguf_types, llama_quantize, result.notes)
+        result.files += _write_gguf_files(run, recipe, model_dir, gguf_types, llama_quantize, result.notes, base_id)
         if modelfile:
             first = f"{artifact_stem(run, recipe)}-{gguf_types[0]}.gguf"
             atomic_write_text(run.exports / MODELFILE, ollama_modelfile(first, model_dir))
@@ -218,11 +227,12 @@ def export_run(
 
 
 def _write_gguf_files(
-    run: RunDir, recipe: Recipe, model_dir: Path, gguf_types: list[str], llama_quantize: str | None, notes: list[str]
+    run: RunDir, recipe: Recipe, model_dir: Path, gguf_types: list[str], llama_quantize: str | None, notes: list[str],
+    base_id: str | None,
 ) -> list[OutputFile]:
-    base = base_model_info(recipe)
+    base = base_model_info(recipe, base_id)
     metadata = GgufMetadata(
-        name=artifact_stem(run, recipe), base_model=base.hub_id or base.name, license=base.license,
+        name=artifact_stem(run, recipe), base_model=base_id, license=base.license,
         tags=("fnsft", recipe.method.name), tokenizer_pre=_base_gguf_pre(recipe),
     )
     stem = artifact_stem(run, recipe)
