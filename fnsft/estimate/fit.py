@@ -6,6 +6,11 @@ accumulation (same effective batch, same result, a little slower), gradient chec
 an 8-bit optimizer (near-identical quality), QLoRA instead of LoRA (4-bit base), LoRA instead of full
 fine-tuning (a different method), sharding over more GPUs (more hardware), CPU offload (much slower).
 When no single change is enough, they are combined in that order.
+
+The estimator also costs savers that ``fnsft train`` cannot run yet (the optimizer step fused into backward,
+activation offloading, Liger / Cut-Cross-Entropy losses). They are suggested on their own, with the saving each
+gives, marked ``in_train=False`` and said so in the description; the combined suggestion uses only what
+``fnsft train`` can do, so following it gives a runnable recipe.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ class Suggestion(BaseModel):
     input: EstimateInput
     total: int
     cost_rank: int
+    saving: int = 0
+    in_train: bool = True
+
+
+#: Said of a saver the estimator costs but `fnsft train` has no recipe key for (README, "not supported yet").
+NOT_IN_TRAIN = "estimate only: fnsft train cannot do this yet"
 
 
 def _total(inp: EstimateInput) -> int:
@@ -64,13 +75,40 @@ def _smaller_batch(inp: EstimateInput, budget: int) -> tuple[EstimateInput, dict
     return changed, {"batch_size": changed.batch_size, "gradient_accumulation_steps": changed.gradient_accumulation_steps}
 
 
-def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
-    """(cost rank, description, field updates) for every single change that applies to this input."""
+_LOSS_NAMES = {"full_logits": "plain", "chunked": "chunked", "liger": "liger", "cce": "cce"}
+
+
+def _estimate_only_changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
+    """Savers the estimator models but ``fnsft train`` does not run (cost rank, description, field updates)."""
     options: list[tuple[int, str, dict[str, Any]]] = []
+    if (not inp.optimizer_in_backward and inp.gradient_accumulation_steps == 1 and inp.sharding == "none"
+            and inp.optimizer != "sgd"):
+        options.append((3, "step the optimizer inside backward, one gradient alive at a time (--optimizer-in-backward)",
+                        {"optimizer_in_backward": True}))
+    if inp.device == "cuda":  # Liger and CCE are Triton kernels; activation offload copies to pinned host memory
+        for loss, what in (("liger", "Liger fused linear cross-entropy"), ("cce", "Cut Cross-Entropy")):
+            if inp.loss != loss:
+                options.append((2, f"{what} instead of the {_LOSS_NAMES[inp.loss]} loss (--loss {loss})",
+                                {"loss": loss}))
+        if not inp.activation_offload:
+            options.append((6, "offload saved activations to CPU memory (--activation-offload; slower steps)",
+                            {"activation_offload": True}))
+    return options
+
+
+def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
+    """(cost rank, description, field updates) for every single change ``fnsft train`` can make."""
+    options: list[tuple[int, str, dict[str, Any]]] = []
+    if inp.loss != "chunked":  # TRL's fused LM head: what fnsft train runs
+        options.append((2, f"TRL's chunked LM head instead of the {_LOSS_NAMES[inp.loss]} loss (--loss chunked, "
+                        "what fnsft train runs)", {"loss": "chunked"}))
     if not inp.gradient_checkpointing:
         options.append((2, "turn on gradient checkpointing (~30% slower)", {"gradient_checkpointing": True}))
     if inp.optimizer in FULL_PRECISION_ADAMW and inp.device == "cuda":
         options.append((3, "use the 8-bit AdamW optimizer (optimizer: adamw_8bit)", {"optimizer": "adamw_8bit"}))
+        # paged: the 8-bit states move to CUDA managed memory (still on the device until it runs short)
+        options.append((3, "use the paged 8-bit AdamW optimizer (optimizer: paged_adamw_8bit)",
+                        {"optimizer": "paged_adamw_8bit"}))
     if inp.method == "lora" and inp.device == "cuda":
         options.append((4, "use QLoRA: 4-bit base weights (method: qlora)", {"method": "qlora", "precision": "bf16"}))
     if inp.method == "full":
@@ -89,17 +127,27 @@ def _changes(inp: EstimateInput) -> list[tuple[int, str, dict[str, Any]]]:
     return options
 
 
-def _suggest(inp: EstimateInput, budget: int, rank: int, description: str, updates: dict[str, Any]) -> Suggestion | None:
+def _suggest(inp: EstimateInput, budget: int, rank: int, description: str, updates: dict[str, Any],
+             in_train: bool = True) -> Suggestion | None:
+    before = _total(inp)
     changed = inp.model_copy(update=updates)
     total = _total(changed)
+    # the saving of the change itself, before any smaller micro-batch is added to it
+    saving, where = before - total, "" if in_train else f" [{NOT_IN_TRAIN}]"
     if total <= budget:
-        return Suggestion(description=description, changes=updates, input=changed, total=total, cost_rank=rank)
+        return Suggestion(description=f"{description}: saves {saving / 2**30:.2f} GiB{where}", changes=updates,
+                          input=changed, total=total, cost_rank=rank, saving=saving, in_train=in_train)
+    if saving <= 0:
+        return None  # it does not help here: a smaller batch alone would do as well
+    if inp.optimizer_in_backward or updates.get("optimizer_in_backward"):
+        return None  # accumulation is what a smaller micro-batch needs, and the fused step cannot accumulate
     smaller = _smaller_batch(changed, budget)
     if smaller is not None:
         changed, batch_updates = smaller
-        text = f"{description}, micro-batch {changed.batch_size} × accumulation {changed.gradient_accumulation_steps}"
+        text = (f"{description}: saves {saving / 2**30:.2f} GiB, with micro-batch {changed.batch_size} × accumulation "
+                f"{changed.gradient_accumulation_steps}{where}")
         return Suggestion(description=text, changes=updates | batch_updates, input=changed, total=_total(changed),
-                          cost_rank=rank)
+                          cost_rank=rank, saving=saving, in_train=in_train)
     return None
 
 
@@ -119,18 +167,21 @@ def make_it_fit(inp: EstimateInput, budget_bytes: int) -> list[Suggestion]:
     smaller = _smaller_batch(inp, budget_bytes)
     if smaller is not None:
         changed, updates = smaller
+        total = _total(changed)
+        saving = _total(inp) - total
         found.append(Suggestion(
             description=f"micro-batch {changed.batch_size} with gradient accumulation {changed.gradient_accumulation_steps} "
-                        "(same effective batch)",
-            changes=updates, input=changed, total=_total(changed), cost_rank=1))
+                        f"(same effective batch): saves {saving / 2**30:.2f} GiB",
+            changes=updates, input=changed, total=total, cost_rank=1, saving=saving))
     options = _changes(inp)
-    for rank, description, updates in options:
+    singles = [(option, True) for option in options] + [(option, False) for option in _estimate_only_changes(inp)]
+    for (rank, description, updates), in_train in singles:
         if "num_gpus" in updates and any("num_gpus" in s.changes for s in found):
             continue  # only the fewest GPUs that fit
-        suggestion = _suggest(inp, budget_bytes, rank, description, updates)
+        suggestion = _suggest(inp, budget_bytes, rank, description, updates, in_train)
         if suggestion is not None:
             found.append(suggestion)
-    if not found:  # combine in cost order until it fits
+    if not any(s.in_train for s in found):  # combine what fnsft train can do, in cost order, until it fits
         combined: dict[str, Any] = {}
         descriptions: list[str] = []
         for rank, description, updates in options:
@@ -143,7 +194,8 @@ def make_it_fit(inp: EstimateInput, budget_bytes: int) -> list[Suggestion]:
                 continue  # try more GPUs instead of stacking sharding choices
             combined, descriptions = trial, [*descriptions, description]
     unique = {suggestion.description: suggestion for suggestion in found}
-    return sorted(unique.values(), key=lambda s: (s.cost_rank, s.total))
+    # what fnsft train can run first, then the estimate-only savers (each cheapest first)
+    return sorted(unique.values(), key=lambda s: (not s.in_train, s.cost_rank, s.total))
 
 
 def recommendation(inp: EstimateInput, budget_bytes: int | None) -> str:

@@ -18,7 +18,8 @@ JSON schema ``fnsft-estimate/1`` (bytes are integers, per GPU; per process with 
 * ``warnings``: list of strings (e.g. seq_len beyond max_position_embeddings); the estimate still stands.
 * ``peak_phase``: when the peak happens ("loss (end of forward)", "backward", "optimizer step").
 * ``fit``: list of ``{"gpu": name or null, "memory_bytes": int, "fits": bool, "headroom_bytes": int}``.
-* ``suggestions``: list of ``{"description", "changes", "total_bytes"}``, cheapest first (empty when it fits).
+* ``suggestions``: list of ``{"description", "changes", "total_bytes", "saving_bytes", "in_train"}``, what
+  ``fnsft train`` can do first (``in_train``), each group cheapest first (empty when it fits).
 * ``recommendation``: the guide's PEFT-vs-full line.
 * ``accuracy``: the measured error band (``fnsft/resources/estimate_accuracy.json``, written by
   ``bench/estimate_accuracy.py`` from the team's own measured runs) and ``line``, the sentence the table prints.
@@ -74,7 +75,8 @@ def to_json(inp: EstimateInput, breakdown: Breakdown, budgets: list[tuple[str | 
         "warnings": breakdown.warnings,
         "fit": fit_rows(breakdown.total, budgets),
         "suggestions": [
-            {"description": s.description, "changes": s.changes, "total_bytes": s.total} for s in suggestions
+            {"description": s.description, "changes": s.changes, "total_bytes": s.total, "saving_bytes": s.saving,
+             "in_train": s.in_train} for s in suggestions
         ],
         "recommendation": recommendation,
         "accuracy": accuracy_band(),

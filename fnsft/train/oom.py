@@ -35,7 +35,7 @@ def out_of_memory_error(recipe: Recipe, step: int, exc: BaseException, budget: i
         parts = ("weights", "adapter", "gradients", "optimizer_states", "activations", "logits_transient", "overhead")
         lines.append("estimate: " + ", ".join(f"{name} {gib(getattr(breakdown, name))}" for name in parts)
                      + f"; device used {gib(breakdown.device_used)} of {gib(budget)}")
-        suggestions = make_it_fit(inp, budget)
+        suggestions = [s for s in make_it_fit(inp, budget) if s.in_train]  # runnable ones
         lines += ["to make it fit (cheapest first):"] + [f"  - {s.description} (estimated {gib(s.total)})"
                                                          for s in suggestions[:5]]
         if not suggestions:
