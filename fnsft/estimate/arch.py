@@ -28,6 +28,11 @@ class LinearLayer(BaseModel):
     bias: bool = False
     count: int = 1
     is_linear_module: bool = Field(True, description="An nn.Linear/Conv1D: LoRA can target it, bitsandbytes quantizes it.")
+    peft_parameter: bool = Field(
+        False, description="Not an nn.Linear, but PEFT's transformers-5 MoE conversion targets it (target_parameters) "
+        "when LoRA targets all-linear or one of ``peft_aliases``: the Mixtral/Qwen3-MoE router and stacked experts.")
+    peft_aliases: list[str] = Field(default_factory=list, description="transformers-4 module names PEFT maps to it.")
+    lora_rank_factor: int = Field(1, description="PEFT multiplies the rank of a fused parameter (gate_up_proj: 2).")
 
     @property
     def params(self) -> int:
@@ -149,19 +154,25 @@ def _llama_like(mt: str, c: dict[str, Any]) -> dict[str, Any]:
             LinearLayer(name="gate_up_proj", d_in=h, d_out=2 * inter),
             LinearLayer(name="down_proj", d_in=inter, d_out=h),
         ]
-    elif mt == "mixtral":
-        experts = c.get("num_local_experts", 8)
+    elif mt in ("mixtral", "qwen2_moe", "qwen3_moe"):
+        # transformers 5 saves qwen3_moe's expert count as num_local_experts (num_experts is an alias)
+        experts = c.get("num_local_experts", 8) if mt == "mixtral" else _get(c, "num_experts", "num_local_experts")
+        if experts is None:
+            raise KeyError("num_experts")
+        inter = inter if mt == "mixtral" else c["moe_intermediate_size"]
+        # transformers 5: the router is a TopKRouter module with a bare weight and the experts are stacked 3-D
+        # parameters, none an nn.Linear (so bitsandbytes leaves them unquantized). PEFT 0.21 converts its
+        # transformers-4 names for mixtral and the models patterned on qwen2_moe (qwen3_moe, ...) but not for
+        # qwen2_moe itself (peft/utils/transformers_weight_conversion.py): all-linear then adds the router and the
+        # experts as target_parameters, the fused gate_up_proj with twice the rank.
+        converted = mt != "qwen2_moe"
+        aliases = {"mixtral": (["gate"], ["w1", "w3"], ["w2"])}.get(mt, (["gate"], ["gate_proj", "up_proj"], ["down_proj"]))
+        moe = dict(is_linear_module=False, peft_parameter=converted)
         linears = _attention(h, heads, kv, hd, qkv_bias, o_bias) + [
-            LinearLayer(name="gate", d_in=h, d_out=experts),  # the router
-            LinearLayer(name="experts.gate_up_proj", d_in=h, d_out=2 * inter, count=experts, is_linear_module=False),
-            LinearLayer(name="experts.down_proj", d_in=inter, d_out=h, count=experts, is_linear_module=False),
-        ]
-    elif mt in ("qwen2_moe", "qwen3_moe"):
-        experts, inter = c["num_experts"], c["moe_intermediate_size"]
-        linears = _attention(h, heads, kv, hd, qkv_bias, o_bias) + [
-            LinearLayer(name="gate", d_in=h, d_out=experts, is_linear_module=False),  # router: a bare Parameter
-            LinearLayer(name="experts.gate_up_proj", d_in=h, d_out=2 * inter, count=experts, is_linear_module=False),
-            LinearLayer(name="experts.down_proj", d_in=inter, d_out=h, count=experts, is_linear_module=False),
+            LinearLayer(name="gate", d_in=h, d_out=experts, peft_aliases=aliases[0], **moe),  # the router
+            LinearLayer(name="experts.gate_up_proj", d_in=h, d_out=2 * inter, count=experts, peft_aliases=aliases[1],
+                        lora_rank_factor=2, **moe),
+            LinearLayer(name="experts.down_proj", d_in=inter, d_out=h, count=experts, peft_aliases=aliases[2], **moe),
         ]
         if mt == "qwen2_moe":  # one always-on shared expert with a sigmoid gate
             shared = c["shared_expert_intermediate_size"]

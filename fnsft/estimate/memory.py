@@ -239,13 +239,23 @@ class Breakdown(BaseModel):
 
 
 def lora_target_layers(inp: EstimateInput) -> list[LinearLayer]:
-    """The linear layers of one block that carry LoRA (raises if a named target does not exist)."""
-    linears = [layer for block in inp.model.blocks for layer in block.linears if layer.is_linear_module]
+    """The linear layers of one block that carry LoRA (raises if a named target does not exist).
+
+    As PEFT resolves them: ``all-linear`` is every nn.Linear but the head, plus the MoE router and experts that
+    PEFT's transformers-5 conversion adds as target_parameters (``LinearLayer.peft_parameter``); a list names
+    modules by full or last name, or an MoE parameter by its transformers-4 name (``peft_aliases``).
+    """
+    layers = [layer for block in inp.model.blocks for layer in block.linears]
+    linears = [layer for layer in layers if layer.is_linear_module or layer.peft_parameter]
     if inp.lora_targets == "all-linear":
         return linears
     wanted = set(inp.lora_targets)
-    chosen = [layer for layer in linears if layer.name in wanted or layer.name.rsplit(".", 1)[-1] in wanted]
-    found = {layer.name for layer in chosen} | {layer.name.rsplit(".", 1)[-1] for layer in chosen}
+
+    def names(layer: LinearLayer) -> set[str]:
+        return {layer.name, layer.name.rsplit(".", 1)[-1], *(layer.peft_aliases if layer.peft_parameter else [])}
+
+    chosen = [layer for layer in linears if names(layer) & wanted]
+    found = set().union(*(names(layer) for layer in chosen))
     missing = sorted(wanted - found)
     if missing:
         names = sorted({layer.name for layer in linears})
@@ -259,8 +269,9 @@ def _lora_tensor_sizes(inp: EstimateInput) -> list[int]:
     for block in inp.model.blocks:
         for _ in range(block.repeat):
             for layer in block.linears:
-                if id(layer) in targets:
-                    sizes += [inp.lora_r * layer.d_in, layer.d_out * inp.lora_r]
+                if id(layer) in targets:  # stacked experts: one rank block per expert (PEFT ParamWrapper)
+                    rank = inp.lora_r * layer.lora_rank_factor * layer.count
+                    sizes += [rank * layer.d_in, layer.d_out * rank]
     return sizes
 
 
@@ -399,6 +410,8 @@ def layer_activation_bytes(inp: EstimateInput, first_layer: bool = False) -> int
     if not full:
         attention_inputs = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value"}
         for layer in lora_target_layers(inp):
+            if layer.peft_parameter:
+                continue  # LoRA on the weight itself (ParamWrapper), nothing per token: not modelled
             grad_in = input_grad or layer.name not in attention_inputs
             saved += _lora_saved(inp, layer, grad_in)
     return saved
@@ -503,6 +516,9 @@ def estimate(inp: EstimateInput) -> Breakdown:
     if limit and inp.seq_len > limit:
         warnings.append(f"seq_len {inp.seq_len} is beyond {model.name}'s max_position_embeddings {limit}: the model "
                         "needs RoPE scaling (rope_scaling) to be trained that long; memory is estimated as asked")
+    if inp.method != "full" and inp.lora_dropout > 0 and any(layer.peft_parameter for layer in lora_target_layers(inp)):
+        warnings.append(f"LoRA on {model.name}'s MoE router/experts (PEFT target_parameters) needs lora_dropout 0: "
+                        "PEFT's ParamWrapper raises otherwise")
     weights, quantized, constants, unquantized = _weights(inp)
     sizes, value_bytes = _trainable(inp)
     # modules_to_save copies are trained in the weights' dtype next to the (fp32/bf16) adapters
