@@ -30,9 +30,15 @@ have exact parameter counts but no activation estimate (NotYetSupported).
   ``max_memory_reserved`` and ``max_memory_allocated``, reported between 0 and 25 %).
 * ``overhead`` on CPU = the resident size of a Python process that has imported torch, transformers, TRL, PEFT
   and datasets and loaded a tokenizer and a small dataset (:data:`CPU_PROCESS_BASELINE`, measured here), plus
-  one more copy of the weights: on CPU the first training forward grows private memory by about the weights'
-  size beyond every tensor accounted for (observed on SmolLM2-135M; the mechanism is not identified, so this
-  term is empirical).
+  a weights-sized term that is **empirical and mis-named**: it is not a second copy of the weights. Measured
+  (smaps_rollup + glibc ``mallinfo2`` sampled every 2 ms through a real SFTTrainer run, SmolLM2-135M fp32 LoRA
+  b4×128): the safetensors weights are file-backed mmap pages, in RSS once (RssFile +508 MiB); step 1's anonymous
+  peak is the tensors (+1566 MiB vs 1519 predicted); the excess (+530 MiB from step 2 on) is glibc heap retention:
+  once a freed mmapped chunk raises malloc's dynamic mmap threshold (up to 32 MiB), activations come from the brk
+  heap, which keeps ~1.5 GiB free-but-resident between steps and fragments (heap free at the peak 508–559 MiB).
+  With ``MALLOC_MMAP_THRESHOLD_=131072`` the same run peaks 525 MiB lower and every step's peak equals step 1's.
+  How large the retention is depends on the allocation order, not on the weights; it is not derived yet, so the
+  weights-sized stand-in stays (its error is the published band).
 * The LM-head/loss buffers of TRL's chunked log-prob head count its tile temporaries: one fp32 tile on CUDA
   (Triton kernel), four in forward and six in backward on CPU (torch fallback), read from the code, not measured.
 * The peak is the largest of the moments of a step (loss computed, end of backward, optimizer step, evaluation); kernels'
@@ -70,6 +76,11 @@ Each term follows how the framework allocates; the tested ones are checked on re
 * ``eval_batch_size``: an evaluation forward under no_grad after the gradients are freed (set_to_none): one
   layer's intermediates and the LM-head buffers of the evaluation batch, as its own phase. Approximate.
 * The dequantized weight of the layer being recomputed (QLoRA) is ``workspace``: one linear at a time.
+* MoE LoRA targets follow PEFT 0.21 on transformers 5 (**exact** trainable counts, tests/estimate/test_moe_lora.py
+  against get_peft_model on tiny Mixtral/Qwen2-MoE/Qwen3-MoE): ``all-linear`` adds the router and the stacked
+  experts of Mixtral and Qwen3-MoE as target_parameters (the fused gate_up_proj at twice the rank, one rank block
+  per expert), none of Qwen2-MoE's. LoRA on those weights acts on the weight, not per token: its activations
+  (the merged delta weight) are not modelled.
 
 Three meters
 ============
@@ -255,11 +266,11 @@ def lora_target_layers(inp: EstimateInput) -> list[LinearLayer]:
         return {layer.name, layer.name.rsplit(".", 1)[-1], *(layer.peft_aliases if layer.peft_parameter else [])}
 
     chosen = [layer for layer in linears if names(layer) & wanted]
-    found = set().union(*(names(layer) for layer in chosen))
+    found: set[str] = set().union(*(names(layer) for layer in chosen))
     missing = sorted(wanted - found)
     if missing:
-        names = sorted({layer.name for layer in linears})
-        raise EstimateError(f"LoRA target(s) {', '.join(missing)} not in {inp.model.name} (its linears: {', '.join(names)})")
+        known = sorted({layer.name for layer in linears})
+        raise EstimateError(f"LoRA target(s) {', '.join(missing)} not in {inp.model.name} (its linears: {', '.join(known)})")
     return chosen
 
 
@@ -599,9 +610,9 @@ def estimate(inp: EstimateInput) -> Breakdown:
     if inp.device == "cuda":
         fragmentation, context = int(CUDA_FRAGMENTATION * allocated), CUDA_CONTEXT_BYTES
     else:
-        # transformers 5 maps safetensors weights (loading does not double them), but the first training forward
-        # on CPU adds private memory about the size of the weights beyond every tensor we account for (observed:
-        # SmolLM2-135M fp32, +784 MB private for ~250 MB of tensors; the mechanism is not identified).
+        # weights: mapped safetensors pages, in RSS once. The extra weights-sized term stands in for glibc heap
+        # retention (freed activations kept resident once malloc's dynamic mmap threshold has risen; measured, see
+        # the module docstring); its size is not derived yet.
         fragmentation, context = 0, CPU_PROCESS_BASELINE + weights
     reserved = allocated + fragmentation
     device_used = reserved + context + outside
