@@ -74,6 +74,20 @@ def _replace_path(staged: Path, target: Path) -> None:
         os.replace(staged, target)
 
 
+def remove_leftovers(directory: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Delete what killed writers left in ``directory`` under the temporary names ``patterns`` match (files or
+    directories); returns the names removed, for the caller to report."""
+    removed = []
+    for pattern in patterns if directory.is_dir() else ():
+        for path in directory.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) and fsync it before the rename, so a crash leaves the old file or the new one."""
     with staged_file(path) as staging, staging.open("w", encoding="utf-8") as handle:

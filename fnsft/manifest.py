@@ -40,6 +40,7 @@ def build_manifest(
     weights_sha256: str | None,
     mask: dict[str, Any] | None = None,
     distributed: dict[str, Any] | None = None,
+    disk: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "schema_version": MANIFEST_VERSION,
@@ -60,6 +61,7 @@ def build_manifest(
         "tokens_seen": tokens_seen,
         "metrics": metrics,
         "memory": memory,
+        "disk": disk,
         "mask": mask,
         "weights_sha256": weights_sha256,
     }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from fnsft.atomic import atomic_write_text
+from fnsft.atomic import atomic_write_text, remove_leftovers
 from fnsft.errors import ExportError
 from fnsft.export.card import base_model_info, model_card, ollama_modelfile, resolve_base_model_id
 from fnsft.export.files import OutputFile, ensure_free_space, list_files
@@ -124,17 +123,10 @@ EXPORT_STAGING = (".*.tmp-*", ".*.tmp", ".*.old-*", ".*.f16.gguf")
 
 def remove_export_staging(run: RunDir) -> None:
     """Delete what a killed export left half-written (a 250 MB merged staging dir is typical)."""
-    if not run.exports.is_dir():
-        return
     from fnsft.console import warn
 
-    for pattern in EXPORT_STAGING:
-        for path in run.exports.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            warn(f"removed {path.name}, left by an interrupted export")
+    for name in remove_leftovers(run.exports, EXPORT_STAGING):
+        warn(f"removed {name}, left by an interrupted export")
 
 
 def export_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -14,7 +13,7 @@ from fnsft.hashing import file_sha256
 from fnsft.models import safetensors_problem
 from fnsft.recipe.load import dump_recipe, load_recipe
 from fnsft.recipe.schema import Recipe
-from fnsft.rundir import CHECKPOINTS, LOCK, RunDir
+from fnsft.rundir import LOCK, RunDir
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: Written last, atomically, into each finished checkpoint (fnsft.train.signals.CompletionMarkerCallback).
@@ -91,15 +90,10 @@ STAGING_PATTERNS = (".adapter-*", ".model-*", ".adapter.tmp-*", ".model.tmp-*", 
 
 def remove_staging(run: RunDir, warn) -> None:
     """Delete half-written saves of an earlier, killed run (called with the run lock held)."""
-    if not run.root.is_dir():
-        return
-    for pattern in STAGING_PATTERNS:
-        for path in run.root.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            warn(f"removed {path.name}, left by an interrupted save")
+    from fnsft.atomic import remove_leftovers
+
+    for name in remove_leftovers(run.root, STAGING_PATTERNS):
+        warn(f"removed {name}, left by an interrupted save")
 
 
 def checkpoints(run: RunDir) -> list[Path]:
@@ -184,41 +178,6 @@ def prepare_output_dir(run: RunDir, recipe: Recipe, resume: bool, warn) -> Path 
     return None
 
 
-def predicted_disk_bytes(recipe: Recipe, *, trainable: int, total: int, bytes_per_param: int, train_rows: int) -> int:
-    """Disk that checkpoints and the final weights will need, with a 10% margin.
-
-    A checkpoint holds the saved weights (the adapter for LoRA/QLoRA, every parameter for full fine-tuning), AdamW's
-    two fp32 moments per trainable parameter, and small state files. Checkpoints kept = save_total_limit, or all of
-    them; one more may come from a SIGTERM/SIGINT save.
-    """
-    training = recipe.training
-    saved_weights = (trainable if recipe.method.is_peft else total) * bytes_per_param
-    per_checkpoint = saved_weights + 8 * trainable
-    steps = training.max_steps
-    if steps <= 0:
-        batches = math.ceil(train_rows / training.per_device_train_batch_size)
-        steps = math.ceil(math.ceil(batches / training.gradient_accumulation_steps) * training.num_train_epochs)
-    saves = steps // training.save_steps + 1
-    kept = min(saves, training.save_total_limit) if training.save_total_limit else saves
-    return int(1.1 * (kept * per_checkpoint + saved_weights))
-
-
-def check_free_disk(root: Path, needed_bytes: int) -> None:
-    """Refuse to start a run whose checkpoints would fill the disk (a full disk mid-save tears checkpoints).
-
-    Checkpoints already in the directory (a resumed run) count as part of the need: they are on disk already.
-    """
-    existing = root / CHECKPOINTS
-    already = sum(f.stat().st_size for f in existing.rglob("*") if f.is_file()) if existing.is_dir() else 0
-    needed_bytes = max(0, needed_bytes - already)
-    free = shutil.disk_usage(root).free
-    if free < needed_bytes:
-        raise TrainError(
-            f"{root}: {_size(free)} free, but checkpoints and the final weights need about {_size(needed_bytes)}. "
-            "Free some space, lower training.save_total_limit, or choose another output.dir."
-        )
-
-
 def disk_full_error(run: RunDir, exc: OSError) -> TrainError:
     """The disk filled up during a save: what is safe on disk, and how to go on."""
     last = latest_complete_checkpoint(run)
@@ -228,10 +187,6 @@ def disk_full_error(run: RunDir, exc: OSError) -> TrainError:
         f"{run.root}: the disk is full{where}; {kept}, and the half-written save will be discarded. Free some "
         f"space (or lower training.save_total_limit), then resume with: fnsft train {run.recipe} --resume"
     )
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def refuse_if_locked(run: RunDir) -> None:

@@ -120,7 +120,8 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
     architecture = model.config.model_type
     trainer, progress = _build_trainer(recipe, run, model, tokenizer, data, precision, report_to, preemption)
     mask = _attach_mask(trainer, recipe, source.identity, tokenizer, run)  # after PEFT wrapping: covers LoRA B too
-    _preflight(recipe, run, trainer, data, precision)
+    disk = _preflight(recipe, run, trainer, data, precision)
+    preemption.expect_checkpoint(disk.checkpoint)
     metrics, probe = _before_training(recipe, run, trainer, tokenizer, data, checkpoint)
     train_output = _train(recipe, trainer, run, checkpoint, progress, preemption)
     _after_training(recipe, trainer, tokenizer, data, probe, train_output, metrics)
@@ -131,7 +132,7 @@ def _train_locked(recipe: Recipe, run: RunDir, checkpoint: Path | None, started:
         return RunResult(run, metrics, {})
     _save_final(trainer, tokenizer, target)
     atomic_write_json(run.metrics, metrics)
-    manifest = _write_manifest(recipe, run, source, architecture, data, metrics, started, trainer, target, mask)
+    manifest = _write_manifest(recipe, run, source, architecture, data, metrics, started, trainer, target, mask, disk)
     _print_summary(run, target, metrics)
     return RunResult(run, metrics, manifest)
 
@@ -219,14 +220,23 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
     return trainer, progress
 
 
-def _preflight(recipe: Recipe, run: RunDir, trainer: Any, data: Any, precision: str) -> None:
-    """Report what trains, and refuse a run whose checkpoints would not fit on the disk."""
+def _preflight(recipe: Recipe, run: RunDir, trainer: Any, data: Any, precision: str) -> Any:
+    """Report what trains, and refuse a run whose checkpoints would not fit on the disk; returns the disk need."""
+    from fnsft.train.disk import check_free_disk, measure_saves, predict_disk, size
+
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     _info(f"[bold]parameters[/] {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)   precision {precision}")
-    bytes_per_param = next(trainer.model.parameters()).element_size()
-    outdir.check_free_disk(run.root, outdir.predicted_disk_bytes(
-        recipe, trainable=trainable, total=total, bytes_per_param=bytes_per_param, train_rows=data.num_train))
+    optimizer = getattr(trainer.args.optim, "value", trainer.args.optim)  # what the trainer will build (CPU: not fused)
+    sizes = measure_saves(trainer.model, trainer.processing_class, optimizer, recipe.method.is_peft)
+    eval_sets = 0 if data.eval is None else 1 + (len(data.eval_by_source) if data.mixture is not None else 0)
+    need = predict_disk(recipe, sizes, train_rows=data.num_train, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                        eval_sets=eval_sets)
+    final_name = "adapter/" if recipe.method.is_peft else "model/"
+    if is_main_process():
+        _info(f"[bold]disk[/] about {size(need.peak)} at the peak: {need.describe(final_name)}")
+        check_free_disk(run.root, need, final_name)
+    return need
 
 
 def _before_training(recipe: Recipe, run: RunDir, trainer: Any, tokenizer: Any, data: Any,
@@ -307,8 +317,9 @@ def _after_training(recipe: Recipe, trainer: Any, tokenizer: Any, data: Any, pro
 
 
 def _write_manifest(recipe: Recipe, run: RunDir, source: Any, architecture: str, data: Any, metrics: dict[str, Any],
-                    started: float, trainer: Any, target: Path, mask: Any) -> dict[str, Any]:
-    """manifest.json: versions, identities, data, metrics, predicted vs measured memory, the weights' hash."""
+                    started: float, trainer: Any, target: Path, mask: Any, disk: Any) -> dict[str, Any]:
+    """manifest.json: versions, identities, data, metrics, predicted vs measured memory, the predicted disk, the
+    weights' hash."""
     from fnsft.manifest import build_manifest, write_manifest
     from fnsft.train.callbacks import measured_peak_memory
 
@@ -324,6 +335,7 @@ def _write_manifest(recipe: Recipe, run: RunDir, source: Any, architecture: str,
                  "sources": [r.to_dict() for r in data.mixture] if data.mixture is not None else None},
         metrics={k: v for k, v in metrics.items() if k not in ("log_history", "exact_match_examples")},
         memory=memory,
+        disk={"predicted": disk.to_dict()},
         started=started,
         tokens_seen=int(sum(lengths) * (trainer.state.epoch or 0)),  # non-padding tokens × epochs (fractional)
         weights_sha256=weights_sha256(target),

@@ -88,9 +88,12 @@ class PreemptionCallback(TrainerCallback):
             highlight=False,
         )
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def expect_checkpoint(self, size_bytes: int) -> None:
+        """The predicted size of a checkpoint (fnsft.train.disk), for the stop estimate before one is written."""
+        self._timing.checkpoint_bytes = size_bytes
+
+    def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
-        self._timing.sized_for(model)
         return control
 
     def _stop_and_save(self, state: Any, control: Any) -> Any:
@@ -154,15 +157,6 @@ class SaveTiming:
         self.step_s: float | None = None
         self._step_start: float | None = None
         self._save_start: float | None = None
-
-    def sized_for(self, model: Any) -> None:
-        """Predict the first checkpoint's size: the saved weights plus AdamW's two fp32 moments per trainable."""
-        if model is None:
-            return
-        params = list(model.parameters())
-        trainable = [p for p in params if p.requires_grad]
-        saved = trainable if len(trainable) < len(params) else params  # PEFT saves the adapter only
-        self.checkpoint_bytes = sum(p.numel() * p.element_size() for p in saved) + 8 * sum(p.numel() for p in trainable)
 
     def step_started(self) -> None:
         self._step_start = time.monotonic()

@@ -332,7 +332,7 @@ def test_too_little_disk_is_refused_before_training(tiny_recipe, tmp_path, monke
     monkeypatch.setattr(shutil, "disk_usage", nearly_full)
     result = CliRunner().invoke(app, ["train", str(tiny_recipe(extra="method:\n  name: full\n"))])
     assert result.exit_code == 2, result.output
-    assert "1.0 MiB free, but checkpoints and the final weights need about" in " ".join(result.output.split())
+    assert "1.0 MiB free, but this run writes about" in " ".join(result.output.split())
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
