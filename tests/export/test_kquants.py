@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 from fnsft.export.kquants import quantize_k
 from fnsft.export.pipeline import export_run
 from fnsft.export.quant_types import ModelShape, tensor_type_name
+from fnsft.export.verify import LIMITS
 
 #: Relative RMS error of each block format on Gaussian weights (measured: 0.296, 0.152, 0.072, 0.036, 0.018).
 MAX_RELATIVE_RMSE = {"Q2_K": 0.32, "Q3_K": 0.17, "Q4_K": 0.08, "Q5_K": 0.04, "Q6_K": 0.02}
@@ -111,24 +112,41 @@ def _kl(expected: list, actual: list) -> float:
     return float((p.exp() * (p - q)).sum(-1).mean())
 
 
-#: (minimum argmax agreement, maximum mean KL in nats) per file type on the K-quant test model (measured, 51
-#: positions: agreement 1.0 / 1.0 / 1.0 / 0.94 / 0.82, KL 4e-5 / 4.5e-4 / 3.3e-4 / 0.047 / 0.175).
-K_THRESHOLDS = {"q6_k": (0.97, 1e-3), "q5_k_m": (0.97, 5e-3), "q4_k_m": (0.95, 5e-3), "q3_k_m": (0.85, 0.15),
-                "q2_k": (0.7, 0.5)}
+#: From most to fewest bits. The model-level figures are gated by the limits `fnsft export --verify` documents
+#: per type (verify.LIMITS), not by figures measured on one machine: this model is fitted to a few prompts, so its
+#: logits depend on the CPU it was fitted on and a handful of positions dominate its KL (q4_k_m's mean KL was
+#: 3.3e-4 on one machine and 0.025 on another; q3_k_m's 0.002 on the second, below q4_k_m's). What holds
+#: everywhere is the weights: fewer bits, larger error in every file.
+K_TYPES_BY_BITS = ("q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
+
+
+def _weight_error(model, merged) -> float:
+    """Mean over the 2-D tensors of the relative RMS error of the GGUF's weights against the merged model's."""
+    reference = merged.state_dict()
+    errors = [float((value - reference[name]).pow(2).mean().sqrt() / reference[name].pow(2).mean().sqrt())
+              for name, value in model.state_dict().items() if value.ndim == 2]
+    return sum(errors) / len(errors)
 
 
 def test_k_quant_files_load_in_transformers_and_match_the_merge(kquant_run):
     run, base = kquant_run
-    export_run(run.root, gguf_types=list(K_THRESHOLDS))
-    expected = prompt_logits(reference_merged_model(run, base), run.adapter)
-    for file_type, (min_agreement, max_kl) in K_THRESHOLDS.items():
+    export_run(run.root, gguf_types=list(K_TYPES_BY_BITS))
+    merged = reference_merged_model(run, base)
+    expected = prompt_logits(merged, run.adapter)
+    weight_error = {}
+    for file_type in K_TYPES_BY_BITS:
         path = run.exports / f"{run.root.name}-{file_type}.gguf"
         reader = GGUFReader(path)
         stored = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
         assert stored["output.weight"] == "Q6_K"
         model = AutoModelForCausalLM.from_pretrained(run.exports, gguf_file=path.name, dtype=torch.float32).eval()
         actual = prompt_logits(model, run.adapter)
-        measured = compare_logits(expected, actual) | {"mean_kl": _kl(expected, actual)}
+        weight_error[file_type] = _weight_error(model, merged)
+        measured = compare_logits(expected, actual) | {"mean_kl": _kl(expected, actual),
+                                                       "weight_error": weight_error[file_type]}
         print(f"\n{file_type}: {json.dumps(measured)} types {sorted(set(stored.values()))}")
-        assert measured["argmax_agreement"] >= min_agreement, measured
-        assert 0 < measured["mean_kl"] < max_kl, measured
+        limit = LIMITS[file_type]
+        assert measured["argmax_agreement"] >= limit.min_top1, measured
+        assert 0 < measured["mean_kl"] <= limit.max_mean_kl, measured
+    assert list(weight_error.values()) == sorted(weight_error.values()), weight_error
+    assert 0.01 < weight_error["q6_k"] < 0.03 and 0.1 < weight_error["q2_k"] < 0.4, weight_error  # format sizes
