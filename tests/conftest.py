@@ -33,6 +33,10 @@ TINY_CONFIGS = {
         model_type="gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
     ),
+    "mixtral": dict(  # MoE: PEFT's all-linear also wraps its router and stacked experts (target_parameters)
+        model_type="mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
+    ),
 }
 
 

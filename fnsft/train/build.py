@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fnsft.errors import TrainError
+from fnsft.errors import RecipeError, TrainError
 from fnsft.recipe.schema import Recipe
 
 #: PEFT's "all-linear" = every nn.Linear (and 4-bit/8-bit Linear) except the output head: the guide's `auto`.
@@ -77,6 +79,24 @@ def lora_config(recipe: Recipe):
         bias=lora.bias,
         task_type="CAUSAL_LM",
     )
+
+
+@contextmanager
+def lora_dropout_refusal(recipe: Recipe, model: Any) -> Iterator[None]:
+    """PEFT wraps MoE routers and stacked experts (Mixtral, Qwen3-MoE) as parameters, which take no dropout: its
+    ValueError becomes the recipe error it is, naming the key and the two ways out."""
+    try:
+        yield
+    except ValueError as exc:
+        if not (recipe.method.is_peft and "lora_dropout" in str(exc)):
+            raise
+        model_type = getattr(getattr(model, "config", None), "model_type", "this model")
+        raise RecipeError(
+            f"method.lora.dropout: {recipe.method.lora.dropout:g} cannot be used here: LoRA on {model_type}'s MoE "
+            "router/experts (PEFT wraps them as parameters) takes no dropout. Set method.lora.dropout: 0 "
+            "(--lora_dropout 0), or list method.lora.target_modules without the experts (e.g. q_proj, k_proj, "
+            f"v_proj, o_proj). PEFT said: {exc}"
+        ) from None
 
 
 def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: bool, callbacks_report: list[str]) -> Any:

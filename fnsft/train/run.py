@@ -200,22 +200,24 @@ def _build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, data
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from fnsft.train.build import lora_config, sft_config
+    from fnsft.train.build import lora_config, lora_dropout_refusal, sft_config
     from fnsft.train.callbacks import DiskBeforeSave, NonFiniteStop, RichProgressCallback
     from fnsft.train.order import longest_batch_first_trainer
     from fnsft.train.signals import CompletionMarkerCallback
 
     progress = RichProgressCallback()
     trainer_class = longest_batch_first_trainer() if recipe.training.longest_batch_first else SFTTrainer
-    trainer = trainer_class(
-        model=model,
-        args=sft_config(recipe, run.checkpoints, precision, has_eval=data.eval is not None, callbacks_report=report_to),
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=lora_config(recipe),
-        callbacks=[progress, preemption, NonFiniteStop(), DiskBeforeSave(), CompletionMarkerCallback()],
-    )
+    with lora_dropout_refusal(recipe, model):
+        trainer = trainer_class(
+            model=model,
+            args=sft_config(recipe, run.checkpoints, precision, has_eval=data.eval is not None,
+                            callbacks_report=report_to),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
+            peft_config=lora_config(recipe),
+            callbacks=[progress, preemption, NonFiniteStop(), DiskBeforeSave(), CompletionMarkerCallback()],
+        )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the rich bar shows the same numbers
     return trainer, progress
 

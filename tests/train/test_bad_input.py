@@ -109,3 +109,16 @@ def test_diverging_run_stops_at_the_first_non_finite_step(tiny_recipe, tmp_path)
     assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'checkpoint-2'}" in text
     assert "done" not in result.output and not (tmp_path / "run" / "adapter").exists()
     assert not (tmp_path / "run" / "checkpoints" / "checkpoint-3").exists()
+
+
+def test_lora_dropout_on_moe_experts_is_a_recipe_error_and_dropout_0_trains(tiny_recipe, tiny_model_factory,
+                                                                             tiny_llama_dir, tmp_path):
+    recipe = tiny_recipe()
+    recipe.write_text(recipe.read_text().replace(str(tiny_llama_dir), str(tiny_model_factory("mixtral"))))
+    refused = CliRunner().invoke(app, ["train", str(recipe)])
+    assert refused.exit_code == ExitStatus.BAD_INPUT, refused.output
+    assert "method.lora.dropout: 0.05 cannot be used here: LoRA on mixtral's MoE" in refused.output
+    assert not (tmp_path / "run").exists()
+    trained = CliRunner().invoke(app, ["train", str(recipe), "--lora_dropout", "0"])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
