@@ -4,9 +4,10 @@ The conversion follows llama.cpp's ``convert_hf_to_gguf.py`` for the architectur
 HF tensor names go through gguf's own tensor name map, llama-family q/k projections get llama.cpp's rotary head
 permutation, Gemma norms are stored as ``1 + w`` (llama.cpp multiplies by the stored weight), and the tokenizer is
 written completely (tokens, token types, merges, bos/eos/unk/pad, add-bos, pre-tokenizer name, chat template).
-f32/f16/bf16/q8_0/q4_0 (and the 32-block fallbacks) are produced by gguf's numpy quantizers, the K-quants
-(q2_k … q6_k and the _S/_M/_L mixtures) by :mod:`fnsft.export.kquants`, with llama.cpp's per-tensor type choice
-(:mod:`fnsft.export.quant_types`). llama.cpp's ``llama-quantize`` is used only when asked for (``--llama-quantize``).
+f32/f16/bf16/q8_0 are produced by gguf's numpy quantizers, q4_0 and the 32-block fallbacks by
+:mod:`fnsft.export.legacy_quants`, the K-quants (q2_k … q6_k and the _S/_M/_L mixtures) by
+:mod:`fnsft.export.kquants`, with llama.cpp's per-tensor type choice (:mod:`fnsft.export.quant_types`); every
+type is byte-identical to llama.cpp's ``llama_model_quantize`` (tests/export/test_llamacpp.py). llama.cpp's ``llama-quantize`` is used only when asked for (``--llama-quantize``).
 Tensors are streamed: the header is written from shapes alone, then each tensor is read, converted and written.
 """
 
@@ -24,6 +25,8 @@ from fnsft.export.files import ensure_free_space
 from fnsft.export.gguf_vocab import tokenizer_info
 from fnsft.export.kquants import ENCODERS as K_ENCODERS
 from fnsft.export.kquants import quantize_k
+from fnsft.export.legacy_quants import TYPES as LEGACY_TYPES
+from fnsft.export.legacy_quants import quantize_legacy
 from fnsft.export.merge import weight_entries
 from fnsft.export.quant_types import K_TYPES, QUANT_TYPES, ModelShape, file_type_name, tensor_type_name
 from fnsft.export.safetensors_io import TensorEntry, read_tensor
@@ -115,8 +118,11 @@ def permute_qk(weights, n_head: int, n_head_kv: int | None):
 
 def model_shape(config: Any, has_output: bool) -> ModelShape:
     heads = config.num_attention_heads
-    return ModelShape(config.num_hidden_layers, heads // (getattr(config, "num_key_value_heads", None) or heads),
-                      tied_output=not has_output)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    arch = ARCHITECTURES[config.model_type].gguf_arch
+    # llama.cpp's LLM_TYPE_70B, as its loader infers it (models/llama.cpp, models/qwen2.cpp)
+    seventy_b = config.num_hidden_layers == 80 and (arch == "qwen2" or (arch == "llama" and kv_heads != heads))
+    return ModelShape(config.num_hidden_layers, heads // kv_heads, tied_output=not has_output, seventy_b=seventy_b)
 
 
 def _file_type(qtype: str) -> int:
@@ -169,7 +175,6 @@ def _converted(planned: PlannedTensor, config: Any):
     """Read one tensor and apply the architecture's transforms and the target quantization."""
     import numpy as np
     import torch
-    from gguf import quants
 
     spec = ARCHITECTURES[config.model_type]
     data = read_tensor(planned.entry).to(torch.float32).numpy()
@@ -179,10 +184,18 @@ def _converted(planned: PlannedTensor, config: Any):
         data = permute_qk(data, config.num_attention_heads, config.num_key_value_heads)
     if spec.norm_plus_one and planned.entry.name.endswith("norm.weight"):
         data = data + 1
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    if planned.ggml_type.name in K_ENCODERS:
-        return quantize_k(data, planned.ggml_type.name)
-    return quants.quantize(data, planned.ggml_type)
+    return encode(np.ascontiguousarray(data, dtype=np.float32), planned.ggml_type.name)
+
+
+def encode(data, type_name: str):
+    """float32 rows in the GGML type ``type_name`` ("Q4_K", "F16", ...), laid out as GGUF stores them."""
+    from gguf import GGMLQuantizationType, quants
+
+    if type_name in K_ENCODERS:
+        return quantize_k(data, type_name)
+    if type_name in LEGACY_TYPES:
+        return quantize_legacy(data, type_name)
+    return quants.quantize(data, GGMLQuantizationType[type_name])
 
 
 def _byte_size(planned: PlannedTensor) -> int:

@@ -1,11 +1,12 @@
 """Which GGML type each tensor is stored in, per GGUF file type (after llama.cpp's ``llama_tensor_get_type``).
 
-The K-quant mixtures (``q4_k_m`` and friends) follow ``src/llama-quant.cpp`` for dense (non-MoE, non-Falcon)
-models without an importance matrix: the output matrix (and the token embedding when it is tied to it) goes
-to Q6_K, ``_M`` mixtures give half of the ``attn_v``/``ffn_down`` layers more bits (``use_more_bits``), and a
-row length that is not a multiple of 256 falls back to a 32-block type (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
-Q2_K/Q3_K → Q4_0), or to F16 when not even 32 divides it. llama.cpp's 70B-only rule (attn_v one step up) is not
-applied. 1-D tensors (norms, biases) stay F32, as in llama.cpp's converter.
+The quantized file types follow ``src/llama-quant.cpp`` for dense (non-MoE, non-Falcon) models without an
+importance matrix: the output matrix (and the token embedding when it is tied to it) goes to Q6_K (Q8_0 stays
+Q8_0), ``_M`` mixtures give half of the ``attn_v``/``ffn_down`` layers more bits (``use_more_bits``), a 70B
+(80-layer GQA llama, 80-layer qwen2) gets ``attn_v`` one step up, and a row length that is not a multiple of the
+block falls back to a 32-block type (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0), or to F16 when
+not even 32 divides it. 1-D tensors (norms, biases) stay F32, as in llama.cpp's converter. bench/llamacpp_parity.py
+checks every type against ``llama_model_quantize`` itself.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ from dataclasses import dataclass
 PLAIN_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 K_TYPES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 QUANT_TYPES = PLAIN_TYPES + K_TYPES
-#: Block length of the 32-value types: rows whose length is not a multiple fall back to F16.
-QUANT_BLOCK = 32
 QK_K = 256
 
-#: The base GGML type of each K-quant file type (before the per-tensor rules).
-_BASE = {"q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K", "q4_k_s": "Q4_K",
+#: The base GGML type of each quantized file type (before the per-tensor rules).
+_BASE = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K", "q4_k_s": "Q4_K",
          "q4_k_m": "Q4_K", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
 _FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 _BLOCK = {"Q4_0": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": QK_K, "Q3_K": QK_K, "Q4_K": QK_K,
@@ -37,14 +36,15 @@ class ModelShape:
     n_layers: int
     n_gqa: int  # attention heads per key/value head
     tied_output: bool  # no output.weight: the token embedding doubles as the output matrix
+    seventy_b: bool = False  # llama.cpp's LLM_TYPE_70B: its attn_v gets one step more (8 heads share it)
 
 
 def _use_more_bits(layer: int, n_layers: int) -> bool:
     return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
-def _k_mixture(name: str, file_type: str, base: str, model: ModelShape, ncols: int) -> str:
-    """``llama_tensor_get_type_impl`` for the K-quant file types on a dense model."""
+def _mixture(name: str, file_type: str, base: str, model: ModelShape, ncols: int) -> str:
+    """``llama_tensor_get_type_impl`` for the quantized file types on a dense model."""
     match = _LAYER.match(name)
     layer, n = (int(match.group(1)) if match else 0), model.n_layers
     if name == "output.weight" or (model.tied_output and name == "token_embd.weight"):
@@ -58,7 +58,8 @@ def _k_mixture(name: str, file_type: str, base: str, model: ModelShape, ncols: i
             "q5_k_m": "Q6_K" if _use_more_bits(layer, n) else base,
             "q4_k_s": "Q5_K" if layer < 4 else base,
         }
-        return rules.get(file_type, base)
+        chosen = rules.get(file_type, base)
+        return "Q5_K" if model.seventy_b and chosen in ("Q3_K", "Q4_K") else chosen
     if "ffn_down" in name:
         rules = {
             "q2_k": "Q3_K",
@@ -81,13 +82,7 @@ def tensor_type_name(name: str, shape: tuple[int, ...], file_type: str, model: M
         return "F32"
     if file_type in ("f16", "bf16"):
         return file_type.upper()
-    if file_type in ("q8_0", "q4_0"):
-        if ncols % QUANT_BLOCK:
-            return "F16"  # llama.cpp's fallback for rows the block quantizers cannot split
-        if file_type == "q4_0" and name in ("token_embd.weight", "output.weight"):
-            return "Q8_0"  # the most sensitive matrices stay 8-bit (llama.cpp uses a higher type there too)
-        return file_type.upper()
-    chosen = _k_mixture(name, file_type, _BASE[file_type], model, ncols)
+    chosen = _mixture(name, file_type, _BASE[file_type], model, ncols)
     if ncols % _BLOCK[chosen]:
         chosen = _FALLBACK.get(chosen, "F16")
     if ncols % _BLOCK.get(chosen, 1):

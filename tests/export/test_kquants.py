@@ -2,7 +2,7 @@
 round trips through gguf's own dequantizers, llama.cpp's per-tensor type choice, and whole files read back by
 transformers (argmax agreement and KL against PEFT's merge, printed with `pytest -s`).
 
-Not checked here: byte equality with llama.cpp's own binary (none is installed; see the README's K-quant notes).
+Byte equality with llama.cpp itself is checked by test_llamacpp.py (slow, needs $FNSFT_LLAMA_CPP_PYTHON).
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def test_rows_not_made_of_super_blocks_are_refused():
         quantize_k(np.zeros((2, 576), np.float32), "Q4_K")
 
 
-def _types(file_type: str, n_layers: int = 32, tied: bool = False, ncols: int = 4096) -> dict[str, str]:
-    shape = ModelShape(n_layers=n_layers, n_gqa=4, tied_output=tied)
+def _types(file_type: str, n_layers: int = 32, tied: bool = False, ncols: int = 4096,
+           seventy_b: bool = False) -> dict[str, str]:
+    shape = ModelShape(n_layers=n_layers, n_gqa=4, tied_output=tied, seventy_b=seventy_b)
     names = ["token_embd.weight"] + ([] if tied else ["output.weight"])
     names += [f"blk.{i}.{t}.weight" for i in range(n_layers) for t in ("attn_q", "attn_v", "attn_output", "ffn_down")]
     return {name: tensor_type_name(name, (4096, ncols), file_type, shape) for name in names}
@@ -93,6 +94,24 @@ def test_other_mixtures_follow_llama_cpp():
     assert q3m["blk.5.attn_output.weight"] == "Q4_K" and q3m["blk.5.attn_q.weight"] == "Q3_K"
     assert q2["blk.3.attn_v.weight"] == "Q4_K" and q2["blk.3.ffn_down.weight"] == "Q3_K"  # n_gqa 4
     assert set(_types("q6_k").values()) == {"Q6_K"}
+
+
+def test_plain_quant_types_follow_llama_cpp():
+    # Q4_0 files keep the output matrix (or the tied embedding) in Q6_K, an untied embedding in Q4_0
+    q4, q4_tied, q8 = _types("q4_0"), _types("q4_0", tied=True), _types("q8_0")
+    assert q4["output.weight"] == "Q6_K" and q4["token_embd.weight"] == "Q4_0"
+    assert q4_tied["token_embd.weight"] == "Q6_K" and q4["blk.3.ffn_down.weight"] == "Q4_0"
+    assert set(q8.values()) == {"Q8_0"}
+    assert _types("q4_0", ncols=576)["output.weight"] == "Q8_0"  # not super-blocks: Q6_K's fallback
+    assert set(_types("q4_0", ncols=100).values()) == set(_types("q8_0", ncols=100).values()) == {"F16"}
+
+
+def test_seventy_b_models_get_more_bits_in_attn_v():
+    plain, big = _types("q4_k_s", n_layers=80), _types("q4_k_s", n_layers=80, seventy_b=True)
+    assert plain["blk.10.attn_v.weight"] == "Q4_K" and big["blk.10.attn_v.weight"] == "Q5_K"
+    assert _types("q3_k_s", n_layers=80, seventy_b=True)["blk.10.attn_v.weight"] == "Q5_K"
+    assert _types("q4_k_m", n_layers=80, seventy_b=True)["blk.0.attn_v.weight"] == "Q6_K"
+    assert big["blk.10.attn_q.weight"] == "Q4_K"
 
 
 def test_rows_that_are_not_super_blocks_fall_back_like_llama_cpp():
