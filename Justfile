@@ -21,6 +21,10 @@ test:
 test-slow:
     .venv/bin/python -m pytest -m slow
 
+# Slow: fnsft's GGUF files against llama.cpp itself (llama-cpp-python in its own venv, never a dependency of fnsft)
+test-llamacpp python="/work/llamacpp-venv/bin/python":
+    FNSFT_LLAMA_CPP_PYTHON={{python}} .venv/bin/python -m pytest -m slow tests/export/test_llamacpp.py
+
 # Lint Python (ruff, mypy), the Dockerfile (hadolint) and the GitHub workflows (actionlint)
 lint:
     .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/hadolint docker/Dockerfile && .venv/bin/actionlint
