@@ -17,6 +17,7 @@ every end-of-turn marker.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from fnsft.errors import ExportError
 VERIFY_JSON = "verify.json"
 #: Examples compared, tokens per example, prompts continued greedily and tokens generated for each.
 MAX_SAMPLES, MAX_TOKENS, GREEDY_PROMPTS, GREEDY_TOKENS = 16, 128, 3, 16
+#: Sequences per forward pass (19 at most: the samples and the greedy prompts); 8 × 128 positions × a 49k
+#: vocabulary is 200 MB of logits.
+BATCH = 8
 #: Used when neither the run's data nor --verify-data can be read (said so in the report).
 FALLBACK_TEXTS = [
     "The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889.",
@@ -159,9 +163,8 @@ class _Encoded:
     """Token ids of each sample (full text, truncated) and of its prompt."""
 
     def __init__(self, tokenizer: Any, samples: list[Sample]):
-        self.full = [tokenizer(s.full, return_tensors="pt", add_special_tokens=False).input_ids[:, :MAX_TOKENS]
-                     for s in samples]
-        self.prompts = [tokenizer(s.prompt, return_tensors="pt", add_special_tokens=False).input_ids[:, -MAX_TOKENS:]
+        self.full = [tokenizer(s.full, add_special_tokens=False).input_ids[:MAX_TOKENS] for s in samples]
+        self.prompts = [tokenizer(s.prompt, add_special_tokens=False).input_ids[-MAX_TOKENS:]
                         for s in samples[:GREEDY_PROMPTS]]
 
 
@@ -171,28 +174,66 @@ class _Outputs:
     greedy: list[list[int]]
 
 
-def _run_model(model: Any, encoded: _Encoded) -> _Outputs:
+def _logits(model: Any, sequences: list[list[int]]) -> list[Any]:
+    """Each sequence's logits, BATCH sequences per forward pass, right-padded: one (batch × positions) matrix
+    product per layer instead of one per sample is most of the gate's speed on a CPU, and with causal attention
+    the padding after a sequence cannot change its logits."""
+    import torch
+
+    logits = []
+    for start in range(0, len(sequences), BATCH):
+        chunk = sequences[start:start + BATCH]
+        ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, sequence in enumerate(chunk):
+            ids[row, :len(sequence)] = torch.tensor(sequence)
+            mask[row, :len(sequence)] = 1
+        out = model(input_ids=ids, attention_mask=mask).logits.float()
+        logits += [out[row, :len(sequence)] for row, sequence in enumerate(chunk)]
+    return logits
+
+
+def _generate(model: Any, ids: list[int], tokens: int) -> list[int]:
+    import torch
+
+    prompt = torch.tensor([ids])
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
+                         do_sample=False, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = None) -> _Outputs:
+    """The model's log-probs on every sample and its greedy continuation of each prompt.
+
+    With ``follow`` (the reference's greedy tokens) the model is not made to generate token by token: its
+    predictions along prompt + reference continuation come out of the same batched forward pass as the samples,
+    and are its greedy continuation for as long as they agree with the reference (each one is the argmax given
+    exactly the tokens greedy decoding would have produced before it). Only where they first differ does it
+    generate the rest itself. A sound export thus costs one forward pass, and the continuations shown side by side
+    are the ones greedy decoding gives.
+    """
     import torch
 
     model.eval()
     with torch.no_grad():
-        log_probs = [model(input_ids=ids).logits[0].float().log_softmax(-1) for ids in encoded.full]
-        greedy = []
-        for ids in encoded.prompts:
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_TOKENS,
-                                 do_sample=False, pad_token_id=0)
-            greedy.append(out[0, ids.shape[1]:].tolist())
-    return _Outputs(log_probs, greedy)
+        if follow is None:
+            logits = _logits(model, encoded.full)
+            greedy = [_generate(model, prompt, GREEDY_TOKENS) for prompt in encoded.prompts]
+        else:
+            followed = [prompt + tokens for prompt, tokens in zip(encoded.prompts, follow, strict=True)]
+            logits = _logits(model, encoded.full + followed)
+            greedy = []
+            for prompt, tokens, prompt_logits in zip(encoded.prompts, follow, logits[len(encoded.full):],
+                                                     strict=True):
+                predicted = prompt_logits[len(prompt) - 1:].argmax(-1).tolist()
+                first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=False)) if a != b), None)
+                greedy.append(tokens if first is None else
+                              tokens[:first] + _generate(model, prompt + tokens[:first], GREEDY_TOKENS - first))
+            logits = logits[:len(encoded.full)]
+        return _Outputs([sample.log_softmax(-1) for sample in logits], greedy)
 
 
-def _perplexity(log_probs: list[Any], encoded: _Encoded) -> float:
-    import torch
-
-    nll = [-lp[:-1].gather(-1, ids[0, 1:, None])[:, 0] for lp, ids in zip(log_probs, encoded.full, strict=True)]
-    return float(torch.cat(nll).mean().exp()) if nll else float("nan")
-
-
-def _greedy_rows(tokenizer: Any, encoded: _Encoded, samples: list[Sample], ref: _Outputs, cand: _Outputs):
+def _greedy_rows(tokenizer: Any, samples: list[Sample], ref: _Outputs, cand: _Outputs) -> list[Greedy]:
     rows = []
     for sample, a, b in zip(samples, ref.greedy, cand.greedy, strict=False):
         first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
@@ -211,14 +252,21 @@ def compare(candidate: str, reference: str, ref: _Outputs, cand: _Outputs, encod
             samples: list[Sample]) -> Pair:
     import torch
 
-    p, q = torch.cat(ref.log_probs), torch.cat(cand.log_probs)
-    kl = (p.exp() * (p - q)).sum(-1)
+    # Sample by sample: never a (all positions × vocabulary) copy of both models' log-probs at once.
+    kl = agree = nll_ref = nll_cand = 0.0
+    positions = targets = 0
+    for p, q, ids in zip(ref.log_probs, cand.log_probs, encoded.full, strict=True):
+        kl += float((p.exp() * (p - q)).sum())
+        agree += float((p.argmax(-1) == q.argmax(-1)).sum())
+        next_ids = torch.tensor(ids[1:])[:, None]
+        nll_ref -= float(p[:-1].gather(-1, next_ids).sum())
+        nll_cand -= float(q[:-1].gather(-1, next_ids).sum())
+        positions, targets = positions + p.shape[0], targets + len(ids) - 1
     return Pair(
-        candidate=candidate, reference=reference, mean_kl=float(kl.mean()),
-        top1_agreement=float((p.argmax(-1) == q.argmax(-1)).float().mean()),
-        perplexity_reference=_perplexity(ref.log_probs, encoded), perplexity_candidate=_perplexity(cand.log_probs,
-                                                                                                  encoded),
-        positions=int(p.shape[0]), greedy=_greedy_rows(tokenizer, encoded, samples, ref, cand),
+        candidate=candidate, reference=reference, mean_kl=kl / positions, top1_agreement=agree / positions,
+        perplexity_reference=math.exp(nll_ref / targets) if targets else float("nan"),
+        perplexity_candidate=math.exp(nll_cand / targets) if targets else float("nan"),
+        positions=positions, greedy=_greedy_rows(tokenizer, samples, ref, cand),
     )
 
 
@@ -312,6 +360,7 @@ def gguf_model(reader: Any, model_dir: Path):
     import torch
     from gguf import dequantize
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     from fnsft.export.gguf import ARCHITECTURES, plan_tensors, unpermute_qk
 
@@ -329,7 +378,8 @@ def gguf_model(reader: Any, model_dir: Path):
         if spec.norm_plus_one and name.endswith("norm.weight"):
             weights = weights - 1
         state[name] = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with no_init_weights():  # every weight is overwritten below: random initialisation would be wasted time
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing = model.load_state_dict(state, strict=False).missing_keys
     if set(missing) - {"lm_head.weight"}:
         raise ExportError(f"{reader.data.filename}: tensors missing from the GGUF: {', '.join(missing[:5])}")
@@ -365,20 +415,26 @@ def verify_exports(
         raise ExportError(f"{source}: no examples to verify on")
     encoded = _Encoded(tokenizer, samples)
     report = VerifyReport(data_source=source, samples=len(samples), export_seconds=export_seconds)
-    merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded)
+    # Only the first model generates token by token; every later one follows its reference's continuations
+    # (_run_model). One model is in memory at a time, beside its reference's log-probs.
     if adapter_base is not None:
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32)
         adapter = _run_model(PeftModel.from_pretrained(base, run.adapter), encoded)
         del base
+        merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded,
+                            follow=adapter.greedy)
         pair = compare("merged", "adapter", adapter, merged, encoded, tokenizer, samples)
+        del adapter
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS["merged"])
+    else:
+        merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded)
     for qtype, path in gguf_files.items():
         reader = GGUFReader(path)
         report.checks += metadata_checks(path, reader.fields, model_dir, tokenizer, qtype)
-        candidate = _run_model(gguf_model(reader, model_dir), encoded)
+        candidate = _run_model(gguf_model(reader, model_dir), encoded, follow=merged.greedy)
         pair = compare(qtype, "merged", merged, candidate, encoded, tokenizer, samples)
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS[qtype])
