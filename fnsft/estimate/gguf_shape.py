@@ -1,8 +1,8 @@
 """Model shape and chat template from a GGUF file's metadata (gguf's GGUFReader; no torch, no dequantization).
 
 GGUFReader parses every tokenizer string, which takes ~13-45 s for a 49k-token vocabulary on a small CPU, so the
-derived config (with the chat template and special tokens, which `fnsft train` checks before loading weights) is
-cached in ``<FNSFT_CACHE>/estimate/gguf-v2-<size>-<mtime>-<name>.json`` and later calls are instant.
+derived config (with the chat template and special tokens, which `fnsft train` checks before loading weights, and
+the license and pre-tokenizer name `fnsft export` copies into its card and GGUF files) is cached in ``<FNSFT_CACHE>/estimate/gguf-v3-<size>-<mtime>-<name>.json`` and later calls are instant.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
     return {
         "fnsft_chat_template": _field(reader, "tokenizer.chat_template"),
         "fnsft_special_tokens": special_tokens,
+        "fnsft_license": _field(reader, "general.license"),
+        "fnsft_tokenizer_pre": _field(reader, "tokenizer.ggml.pre"),
         "model_type": GGUF_ARCHITECTURES[arch],
         "hidden_size": hidden,
         "num_hidden_layers": _field(reader, f"{arch}.block_count"),
@@ -71,7 +73,7 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
     from fnsft.paths import cache_root
 
     stat = path.stat()
-    cached = cache_root() / "estimate" / f"gguf-v2-{stat.st_size}-{int(stat.st_mtime)}-{path.stem}.json"
+    cached = cache_root() / "estimate" / f"gguf-v3-{stat.st_size}-{int(stat.st_mtime)}-{path.stem}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     err.print(f"reading {path.name}'s metadata: once, it takes up to a minute (tokenizer strings); cached in "

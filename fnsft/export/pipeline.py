@@ -94,10 +94,9 @@ def _base_gguf_pre(recipe: Recipe) -> str | None:
     source = resolve_model(recipe.model)
     if source.kind != "gguf":
         return None
-    from gguf import GGUFReader
+    from fnsft.estimate.gguf_shape import gguf_metadata
 
-    field = GGUFReader(source.identity["file"]).fields.get("tokenizer.ggml.pre")
-    return field.contents() if field is not None else None
+    return gguf_metadata(Path(source.identity["file"])).get("fnsft_tokenizer_pre")  # cached, as training read it
 
 
 def _model_config(run: RunDir, recipe: Recipe):
