@@ -81,22 +81,45 @@ def lora_config(recipe: Recipe):
     )
 
 
+def moe_dropout_error(recipe: Recipe, model_type: str, detail: str = "") -> RecipeError:
+    """LoRA dropout on MoE routers/experts, which PEFT wraps as parameters (Mixtral, Qwen3-MoE) and refuses."""
+    return RecipeError(
+        f"method.lora.dropout: {recipe.method.lora.dropout:g} cannot be used here: LoRA on {model_type}'s MoE "
+        "router/experts (PEFT wraps them as parameters) takes no dropout. Set method.lora.dropout: 0 "
+        "(--lora_dropout 0), or list method.lora.target_modules without the experts (e.g. q_proj, k_proj, "
+        f"v_proj, o_proj).{detail}"
+    )
+
+
+def check_moe_dropout(recipe: Recipe) -> None:
+    """Before any weights load: the estimator's shapes know which layers PEFT wraps as parameters. A model the
+    estimator cannot shape is left to :func:`lora_dropout_refusal` at wrap time."""
+    if not recipe.method.is_peft or recipe.method.lora.dropout == 0:
+        return
+    from fnsft.errors import EstimateError
+    from fnsft.estimate.inputs import inputs_from_recipe
+    from fnsft.estimate.memory import lora_target_layers
+
+    try:
+        inputs = inputs_from_recipe(recipe, device="cpu")
+        wrapped_as_parameters = any(layer.peft_parameter for layer in lora_target_layers(inputs))
+    except (EstimateError, OSError):
+        return
+    if wrapped_as_parameters:
+        raise moe_dropout_error(recipe, inputs.model.model_type)
+
+
 @contextmanager
 def lora_dropout_refusal(recipe: Recipe, model: Any) -> Iterator[None]:
-    """PEFT wraps MoE routers and stacked experts (Mixtral, Qwen3-MoE) as parameters, which take no dropout: its
-    ValueError becomes the recipe error it is, naming the key and the two ways out."""
+    """PEFT's ValueError for dropout on parameter-wrapped MoE layers becomes the recipe error it is (the backstop
+    of :func:`check_moe_dropout`, for models the estimator does not know)."""
     try:
         yield
     except ValueError as exc:
         if not (recipe.method.is_peft and "lora_dropout" in str(exc)):
             raise
         model_type = getattr(getattr(model, "config", None), "model_type", "this model")
-        raise RecipeError(
-            f"method.lora.dropout: {recipe.method.lora.dropout:g} cannot be used here: LoRA on {model_type}'s MoE "
-            "router/experts (PEFT wraps them as parameters) takes no dropout. Set method.lora.dropout: 0 "
-            "(--lora_dropout 0), or list method.lora.target_modules without the experts (e.g. q_proj, k_proj, "
-            f"v_proj, o_proj). PEFT said: {exc}"
-        ) from None
+        raise moe_dropout_error(recipe, model_type, f" PEFT said: {exc}") from None
 
 
 def sft_config(recipe: Recipe, checkpoints_dir: Path, precision: str, has_eval: bool, callbacks_report: list[str]) -> Any:

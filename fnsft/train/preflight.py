@@ -13,6 +13,7 @@ from fnsft.hub_access import check_hub_dataset, check_hub_model
 from fnsft.models import ModelSource, read_chat_template, resolve_model
 from fnsft.quiet import quiet_libraries
 from fnsft.recipe.schema import Recipe
+from fnsft.train.build import check_moe_dropout
 
 TEMPLATE_CHECK_ROWS = 5
 
@@ -22,6 +23,7 @@ def check_before_loading(recipe: Recipe) -> ModelSource:
 
     Raises:
         ModelError: the model path or Hub id cannot be used here.
+        RecipeError: LoRA dropout on MoE experts PEFT wraps as parameters (they take none).
         DataError: a missing, malformed or unconvertible dataset (file:line or row named), or a chat template
             that cannot render its conversations.
     """
@@ -29,6 +31,7 @@ def check_before_loading(recipe: Recipe) -> ModelSource:
     source = resolve_model(recipe.model)
     if source.kind == "hub":
         check_hub_model(recipe.model.name_or_path, recipe.model.revision)
+    check_moe_dropout(recipe)
     conversations = []
     for _name, part in recipe.data.source_sections():
         if is_hub_dataset(part):
