@@ -96,14 +96,13 @@ def check_moe_dropout(recipe: Recipe) -> None:
     estimator cannot shape is left to :func:`lora_dropout_refusal` at wrap time."""
     if not recipe.method.is_peft or recipe.method.lora.dropout == 0:
         return
-    from fnsft.errors import EstimateError
     from fnsft.estimate.inputs import inputs_from_recipe
     from fnsft.estimate.memory import lora_target_layers
 
     try:
         inputs = inputs_from_recipe(recipe, device="cpu")
         wrapped_as_parameters = any(layer.peft_parameter for layer in lora_target_layers(inputs))
-    except (EstimateError, OSError):
+    except Exception:  # advisory: an estimator that cannot shape the model never stops a run
         return
     if wrapped_as_parameters:
         raise moe_dropout_error(recipe, inputs.model.model_type)
