@@ -31,6 +31,7 @@ from fnsft.export.gguf import (
 from fnsft.export.gguf_vocab import read_tokenizer_json, tokenizer_family
 from fnsft.export.merge import DEFAULT_MAX_SHARD_BYTES, merge_lora, weight_entries
 from fnsft.export.verify import VERIFY_JSON, VerifyReport, verify_exports
+from fnsft.quiet import quiet_libraries
 from fnsft.recipe.schema import Recipe
 from fnsft.rundir import RunDir
 
@@ -161,6 +162,7 @@ def export_run(
         The files written, notes for the user and the verification report.
     """
     started = time.perf_counter()
+    quiet_libraries()  # transformers' "Loading weights" bars and deprecation warnings would cut through the tables
     gguf_types = list(dict.fromkeys(t.lower() for t in gguf_types or []))
     if not merge and not gguf_types:
         raise ExportError("nothing to export: give --merge and/or --gguf TYPE")

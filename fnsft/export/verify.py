@@ -377,7 +377,7 @@ def gguf_model(reader: Any, model_dir: Path):
             weights = unpermute_qk(weights, config.num_attention_heads, config.num_key_value_heads)
         if spec.norm_plus_one and name.endswith("norm.weight"):
             weights = weights - 1
-        state[name] = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        state[name] = torch.from_numpy(np.array(weights, dtype=np.float32))  # a copy: dequantize may return a read-only view
     with no_init_weights():  # every weight is overwritten below: random initialisation would be wasted time
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing = model.load_state_dict(state, strict=False).missing_keys
