@@ -173,6 +173,8 @@ def load_config(source: ModelSource, section: ModelSection):
 
     try:
         if source.kind == "gguf":
+            if (gguf_cache_dir(source) / "config.json").is_file():  # the dequantized copy: no vocabulary to parse
+                return AutoConfig.from_pretrained(gguf_cache_dir(source))
             gguf_file = Path(source.identity["file"])
             return AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
         return AutoConfig.from_pretrained(
