@@ -65,7 +65,8 @@ def synthetic_1b(root: Path, tokenizer_dir: Path) -> Path:
                          num_key_value_heads=4, vocab_size=49152, tie_word_embeddings=False,
                          max_position_embeddings=2048)
     config.save_pretrained(target)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "generation_config.json"):
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, target / name)
     generator = torch.Generator().manual_seed(0)

@@ -214,10 +214,10 @@ def read_chat_template(source: ModelSource) -> TemplateRenderer | None:
     torch). None for Hub models (their files are not here yet)."""
     if source.kind == "gguf" and not (gguf_cache_dir(source) / "config.json").is_file():
         from fnsft.errors import EstimateError
-        from fnsft.estimate.gguf_shape import gguf_metadata
+        from fnsft.estimate.gguf_shape import config_from_gguf
 
         try:
-            metadata = gguf_metadata(Path(source.identity["file"]))
+            metadata = config_from_gguf(Path(source.identity["file"]))
         except EstimateError:  # an architecture the estimator does not know: transformers will judge the file
             return None
         return TemplateRenderer(metadata["fnsft_chat_template"], metadata["fnsft_special_tokens"])

@@ -18,7 +18,7 @@ ROOT = Path(fnsft.__file__).parent
 #: Lowest first. A module may import from its own package or from a lower layer, never from its layer or above.
 LAYERS: list[set[str]] = [
     {"fnsft", "fnsft.errors", "fnsft.console", "fnsft.atomic", "fnsft.hashing", "fnsft.names", "fnsft.quiet",
-     "fnsft.resources"},
+     "fnsft.resources", "fnsft.gguf_file"},
     {"fnsft.recipe", "fnsft.hub_access", "fnsft.paths"},
     {"fnsft.data", "fnsft.rundir", "fnsft.estimate"},
     {"fnsft.models"},

@@ -42,9 +42,9 @@ def _license_from_readme(readme: Path | None) -> str | None:
 
 
 def _license_from_gguf(path: Path) -> str | None:
-    from fnsft.estimate.gguf_shape import gguf_metadata
+    from fnsft.estimate.gguf_shape import config_from_gguf
 
-    return gguf_metadata(path).get("fnsft_license")  # cached: parsing a 49k-token vocabulary takes seconds
+    return config_from_gguf(path).get("fnsft_license")
 
 
 def base_model_info(recipe: Recipe, hub_id: str | None = None) -> BaseModelInfo:

@@ -95,9 +95,9 @@ def _base_gguf_pre(recipe: Recipe) -> str | None:
     source = resolve_model(recipe.model)
     if source.kind != "gguf":
         return None
-    from fnsft.estimate.gguf_shape import gguf_metadata
+    from fnsft.estimate.gguf_shape import config_from_gguf
 
-    return gguf_metadata(Path(source.identity["file"])).get("fnsft_tokenizer_pre")  # cached, as training read it
+    return config_from_gguf(Path(source.identity["file"])).get("fnsft_tokenizer_pre")
 
 
 def _model_config(run: RunDir, recipe: Recipe):

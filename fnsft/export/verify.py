@@ -8,6 +8,12 @@ errors). Per pair: mean per-token KL(reference ‖ candidate), top-1 agreement, 
 examples, and greedy continuations of a few prompts side by side (the first differing token shown). KL and top-1
 are gated by the per-type limits in :data:`LIMITS`.
 
+The models run in float32, one at a time, on a GPU when one has room (:func:`verify_device`), else the CPU; the
+time per step is in the report. What keeps the gate cheap beside the export it checks: GGUFs are read with
+:mod:`fnsft.gguf_file` (gguf's GGUFReader takes seconds per 49k-token vocabulary) and dequantized straight into
+the model's parameters, samples run in batches with the prefix they all share (a chat template's system header)
+computed once, and only the first model generates token by token (:func:`_run_model`).
+
 Each GGUF's metadata is checked against the HF tokenizer and generation config too: the chat template present
 and equal, BOS/EOS/pad ids equal, every ``generation_config.eos_token_id`` an end-of-generation token for
 llama.cpp (Llama 3 has two), the add-BOS flag as the tokenizer behaves, and the Modelfile's stop strings covering
@@ -27,6 +33,7 @@ from pydantic import BaseModel
 
 from fnsft.atomic import atomic_write_text
 from fnsft.errors import ExportError
+from fnsft.gguf_file import GgufFile, read_gguf
 
 VERIFY_JSON = "verify.json"
 #: Examples compared, tokens per example, prompts continued greedily and tokens generated for each.
@@ -34,6 +41,8 @@ MAX_SAMPLES, MAX_TOKENS, GREEDY_PROMPTS, GREEDY_TOKENS = 16, 128, 3, 16
 #: Sequences per forward pass (19 at most: the samples and the greedy prompts); 8 × 128 positions × a 49k
 #: vocabulary is 200 MB of logits.
 BATCH = 8
+#: Shared leading tokens worth computing once (shorter prefixes are recomputed per sequence).
+MIN_SHARED_PREFIX = 4
 #: Used when neither the run's data nor --verify-data can be read (said so in the report).
 FALLBACK_TEXTS = [
     "The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889.",
@@ -97,7 +106,9 @@ class VerifyReport(BaseModel):
     pairs: list[Pair] = []
     checks: list[Check] = []
     notes: list[str] = []
+    device: str = "cpu"  # where the models ran
     seconds: float = 0.0
+    step_seconds: dict[str, float] = {}  # "data", then each model compared ("adapter", "merged", a GGUF type)
     export_seconds: float | None = None
 
     @property
@@ -174,32 +185,91 @@ class _Outputs:
     greedy: list[list[int]]
 
 
+def _shared_prefix(sequences: list[list[int]]) -> int:
+    """How many leading tokens every sequence has in common (a chat template's system header), leaving each at
+    least one token of its own."""
+    import os
+
+    return min(len(os.path.commonprefix(sequences)), min(map(len, sequences)) - 1)
+
+
+def _cache_keyword() -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache`` (argument and output; the old name goes in 5.40)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _prefix_cache(model: Any, prefix: list[int]) -> tuple[Any, Any] | None:
+    """The logits and KV cache of the shared prefix, computed once; None where the model's cache is not one
+    whose layers can be repeated over a batch (then every sequence is computed whole)."""
+    import torch
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if len(prefix) < MIN_SHARED_PREFIX:
+        return None
+    out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+    cache = getattr(out, _cache_keyword())
+    if type(cache) is not DynamicCache or not all(isinstance(layer, DynamicLayer) for layer in cache.layers):
+        return None
+    return out.logits[0].float(), cache
+
+
 def _logits(model: Any, sequences: list[list[int]]) -> list[Any]:
     """Each sequence's logits, BATCH sequences per forward pass, right-padded: one (batch × positions) matrix
     product per layer instead of one per sample is most of the gate's speed on a CPU, and with causal attention
-    the padding after a sequence cannot change its logits."""
+    the padding after a sequence cannot change its logits. The prefix every sequence shares (the chat template's
+    system header: half the positions of short chat samples) is computed once and its KV cache reused."""
+    import copy
+
     import torch
 
+    prefix = _shared_prefix(sequences)
+    shared = _prefix_cache(model, sequences[0][:prefix])
+    if shared is None:
+        prefix = 0
     logits = []
     for start in range(0, len(sequences), BATCH):
-        chunk = sequences[start:start + BATCH]
+        chunk = [sequence[prefix:] for sequence in sequences[start:start + BATCH]]
         ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, sequence in enumerate(chunk):
-            ids[row, :len(sequence)] = torch.tensor(sequence)
-            mask[row, :len(sequence)] = 1
-        out = model(input_ids=ids, attention_mask=mask).logits.float()
-        logits += [out[row, :len(sequence)] for row, sequence in enumerate(chunk)]
+        mask = torch.zeros(len(chunk), prefix + ids.shape[1], dtype=torch.long)
+        mask[:, :prefix] = 1
+        for row, suffix in enumerate(chunk):
+            ids[row, :len(suffix)] = torch.tensor(suffix)
+            mask[row, prefix:prefix + len(suffix)] = 1
+        past = None
+        if shared is not None:
+            past = copy.deepcopy(shared[1])
+            for layer in past.layers:
+                layer.batch_repeat_interleave(len(chunk))
+        out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                    **{_cache_keyword(): past}).logits.float()
+        for row, suffix in enumerate(chunk):
+            own = out[row, :len(suffix)]
+            logits.append(torch.cat([shared[0], own]) if shared is not None else own)
     return logits
 
 
-def _generate(model: Any, ids: list[int], tokens: int) -> list[int]:
+def _generate(model: Any, prompts: list[list[int]], tokens: int) -> list[list[int]]:
+    """Greedy continuations of the prompts, generated together (left-padded: generate takes the positions from
+    the attention mask), each cut after its first end-of-generation token as a lone generate call would stop."""
     import torch
 
-    prompt = torch.tensor([ids])
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
-                         do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                         max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    continuations = []
+    for row in out[:, width:].tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        continuations.append(row[:end])
+    return continuations
 
 
 def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = None) -> _Outputs:
@@ -218,7 +288,7 @@ def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = N
     with torch.no_grad():
         if follow is None:
             logits = _logits(model, encoded.full)
-            greedy = [_generate(model, prompt, GREEDY_TOKENS) for prompt in encoded.prompts]
+            greedy = _generate(model, encoded.prompts, GREEDY_TOKENS)
         else:
             followed = [prompt + tokens for prompt, tokens in zip(encoded.prompts, follow, strict=True)]
             logits = _logits(model, encoded.full + followed)
@@ -228,7 +298,7 @@ def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = N
                 predicted = prompt_logits[len(prompt) - 1:].argmax(-1).tolist()
                 first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=False)) if a != b), None)
                 greedy.append(tokens if first is None else
-                              tokens[:first] + _generate(model, prompt + tokens[:first], GREEDY_TOKENS - first))
+                              tokens[:first] + _generate(model, [prompt + tokens[:first]], GREEDY_TOKENS - first)[0])
             logits = logits[:len(encoded.full)]
         return _Outputs([sample.log_softmax(-1) for sample in logits], greedy)
 
@@ -258,7 +328,7 @@ def compare(candidate: str, reference: str, ref: _Outputs, cand: _Outputs, encod
     for p, q, ids in zip(ref.log_probs, cand.log_probs, encoded.full, strict=True):
         kl += float((p.exp() * (p - q)).sum())
         agree += float((p.argmax(-1) == q.argmax(-1)).sum())
-        next_ids = torch.tensor(ids[1:])[:, None]
+        next_ids = torch.tensor(ids[1:], device=p.device)[:, None]
         nll_ref -= float(p[:-1].gather(-1, next_ids).sum())
         nll_cand -= float(q[:-1].gather(-1, next_ids).sum())
         positions, targets = positions + p.shape[0], targets + len(ids) - 1
@@ -291,19 +361,15 @@ def _eos_ids(model_dir: Path, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _field(fields: dict, key: str):
-    return fields[key].contents() if key in fields else None
-
-
-def metadata_checks(gguf_path: Path, fields: dict, model_dir: Path, tokenizer: Any, qtype: str) -> list[Check]:
-    """The GGUF's tokenizer metadata (``GGUFReader(gguf_path).fields``) against the HF tokenizer and generation
+def metadata_checks(gguf_path: Path, fields: dict[str, Any], model_dir: Path, tokenizer: Any, qtype: str) -> list[Check]:
+    """The GGUF's tokenizer metadata (``read_gguf(gguf_path).fields``) against the HF tokenizer and generation
     config."""
     checks = []
 
     def add(name: str, passed: bool, detail: str) -> None:
         checks.append(Check(subject=qtype, name=name, passed=passed, detail=f"{gguf_path.name}: {detail}"))
 
-    template, expected_template = _field(fields, "tokenizer.chat_template"), getattr(tokenizer, "chat_template", None)
+    template, expected_template = fields.get("tokenizer.chat_template"), getattr(tokenizer, "chat_template", None)
     if expected_template:
         add("chat template", template == expected_template,
             "chat template equal to the tokenizer's" if template == expected_template else
@@ -311,12 +377,12 @@ def metadata_checks(gguf_path: Path, fields: dict, model_dir: Path, tokenizer: A
             "one" if template is None else "chat template differs from the tokenizer's")
     for role, expected in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
                            ("padding", tokenizer.pad_token_id)):
-        stored = _field(fields, f"tokenizer.ggml.{role}_token_id")
+        stored = fields.get(f"tokenizer.ggml.{role}_token_id")
         if expected is not None:
             add(f"{role} id", stored == expected, f"{role} id {stored} (tokenizer: {expected} "
                 f"{tokenizer.convert_ids_to_tokens(expected)!r})")
-    tokens = _field(fields, "tokenizer.ggml.tokens") or []
-    stops = {_field(fields, f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")}
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+    stops = {fields.get(f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")}
     for eos in _eos_ids(model_dir, tokenizer):
         text = tokens[eos] if 0 <= eos < len(tokens) else None
         ok = eos in stops or text in LLAMA_CPP_EOG_TEXTS
@@ -325,8 +391,8 @@ def metadata_checks(gguf_path: Path, fields: dict, model_dir: Path, tokenizer: A
                "stops at: generation would not stop"))
     if tokenizer.bos_token_id is not None:
         adds_bos = tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-        flag = _field(fields, "tokenizer.ggml.add_bos_token")
-        model = _field(fields, "tokenizer.ggml.model")
+        flag = fields.get("tokenizer.ggml.add_bos_token")
+        model = fields.get("tokenizer.ggml.model")
         effective = flag if flag is not None else model == "llama"  # llama.cpp's default per vocabulary type
         add("add-BOS flag", effective == adds_bos,
             f"add_bos_token {flag} (effective {effective}); the tokenizer {'adds' if adds_bos else 'does not add'} BOS")
@@ -348,7 +414,7 @@ def modelfile_checks(modelfile: Path, model_dir: Path, tokenizer: Any) -> list[C
     return checks
 
 
-def gguf_model(reader: Any, model_dir: Path):
+def gguf_model(gguf: GgufFile, model_dir: Path):
     """The model stored in a GGUF, rebuilt on the merged model's config: every tensor dequantized with gguf's own
     dequantizers and the converter's transforms undone (rotary permutation, Gemma's 1 + w).
 
@@ -368,7 +434,7 @@ def gguf_model(reader: Any, model_dir: Path):
     spec = ARCHITECTURES[config.model_type]
     hf_names = {planned.gguf_name: planned.entry.name for planned in plan_tensors(model_dir, config, "f32")}
     state = {}
-    for tensor in reader.tensors:
+    for tensor in gguf.tensors:
         name = hf_names[tensor.name]
         weights = dequantize(tensor.data, tensor.tensor_type).reshape(tuple(reversed([int(d) for d in tensor.shape])))
         if spec.permute_qk and name.endswith("q_proj.weight"):
@@ -377,14 +443,33 @@ def gguf_model(reader: Any, model_dir: Path):
             weights = unpermute_qk(weights, config.num_attention_heads, config.num_key_value_heads)
         if spec.norm_plus_one and name.endswith("norm.weight"):
             weights = weights - 1
-        state[name] = torch.from_numpy(np.array(weights, dtype=np.float32))  # a copy: dequantize may return a read-only view
-    with no_init_weights():  # every weight is overwritten below: random initialisation would be wasted time
+        # writable float32 (an F32 tensor dequantizes to a read-only view of the file: copied then, only then)
+        state[name] = torch.from_numpy(np.require(weights, dtype=np.float32, requirements=["C", "W"]))
+    with no_init_weights():  # every weight is replaced below: random initialisation would be wasted time
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing = model.load_state_dict(state, strict=False).missing_keys
+    # assign: the model takes the dequantized arrays as its parameters. Copying them into its own (never touched)
+    # memory cost 1.4-1.9 s per SmolLM2 file here, mostly page faults.
+    missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
     if set(missing) - {"lm_head.weight"}:
-        raise ExportError(f"{reader.data.filename}: tensors missing from the GGUF: {', '.join(missing[:5])}")
+        raise ExportError(f"{gguf.path}: tensors missing from the GGUF: {', '.join(missing[:5])}")
     model.tie_weights()
     return model
+
+
+def verify_device(model_dir: Path) -> str:
+    """Where the models run: a GPU when one has room for the model in float32 (the gate compares fp32 logits)
+    with a margin for activations and logits, else the CPU."""
+    import math
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    from fnsft.export.merge import weight_entries
+
+    fp32_bytes = 4 * sum(math.prod(entry.shape) for entry in weight_entries(model_dir))
+    free, _ = torch.cuda.mem_get_info()
+    return "cuda" if free > 1.25 * fp32_bytes + 2 * 2**30 else "cpu"
 
 
 def verify_exports(
@@ -404,7 +489,6 @@ def verify_exports(
         export_seconds: how long the export took (recorded beside the verification time).
     """
     import torch
-    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, logging
 
     logging.set_verbosity_error()
@@ -414,30 +498,43 @@ def verify_exports(
     if not samples:
         raise ExportError(f"{source}: no examples to verify on")
     encoded = _Encoded(tokenizer, samples)
-    report = VerifyReport(data_source=source, samples=len(samples), export_seconds=export_seconds)
+    device = verify_device(model_dir)
+    report = VerifyReport(data_source=source, samples=len(samples), export_seconds=export_seconds, device=device)
+    lap = started
+
+    def step_done(name: str) -> None:
+        nonlocal lap
+        report.step_seconds[name] = round(time.perf_counter() - lap, 2)
+        lap = time.perf_counter()
+
+    step_done("data")
+
+    def load(directory: Path):
+        return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map=device)
+
     # Only the first model generates token by token; every later one follows its reference's continuations
     # (_run_model). One model is in memory at a time, beside its reference's log-probs.
     if adapter_base is not None:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32)
-        adapter = _run_model(PeftModel.from_pretrained(base, run.adapter), encoded)
-        del base
-        merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded,
-                            follow=adapter.greedy)
+        adapter = _run_model(PeftModel.from_pretrained(load(adapter_base), run.adapter).to(device), encoded)
+        step_done("adapter")
+        merged = _run_model(load(model_dir), encoded, follow=adapter.greedy)
         pair = compare("merged", "adapter", adapter, merged, encoded, tokenizer, samples)
         del adapter
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS["merged"])
     else:
-        merged = _run_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), encoded)
+        merged = _run_model(load(model_dir), encoded)
+    step_done("merged")
     for qtype, path in gguf_files.items():
-        reader = GGUFReader(path)
-        report.checks += metadata_checks(path, reader.fields, model_dir, tokenizer, qtype)
-        candidate = _run_model(gguf_model(reader, model_dir), encoded, follow=merged.greedy)
+        gguf = read_gguf(path)
+        report.checks += metadata_checks(path, gguf.fields, model_dir, tokenizer, qtype)
+        candidate = _run_model(gguf_model(gguf, model_dir).to(device), encoded, follow=merged.greedy)
         pair = compare(qtype, "merged", merged, candidate, encoded, tokenizer, samples)
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS[qtype])
+        step_done(qtype)
     if modelfile is not None:
         report.checks += modelfile_checks(modelfile, model_dir, tokenizer)
     report.seconds = round(time.perf_counter() - started, 2)

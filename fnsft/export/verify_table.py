@@ -31,6 +31,7 @@ def verification_tables(report: VerifyReport) -> list[Any]:
         if check.name in ("mean token KL", "top-1 agreement"):
             continue
         checks.add_row(check.subject, check.name, "[green]ok[/]" if check.passed else "[red]FAILED[/]", check.detail)
-    timing = f"verification {report.seconds:.1f} s" + (
-        f" (export {report.export_seconds:.1f} s)" if report.export_seconds is not None else "")
+    timing = f"verification {report.seconds:.1f} s on {report.device}" + (
+        f" (export {report.export_seconds:.1f} s)" if report.export_seconds is not None else "") + (
+        ": " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in report.step_seconds.items()))
     return [parity, checks, *report.notes, timing]

@@ -112,20 +112,15 @@ def _write_gguf(path, tie: bool) -> None:
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_gguf_metadata_gives_the_same_shape_as_config(tmp_path, monkeypatch, tie, capsys):
-    monkeypatch.setenv("FNSFT_CACHE", str(tmp_path / "cache"))
+def test_gguf_metadata_gives_the_same_shape_as_config(tmp_path, tie):
     path = tmp_path / "m.gguf"
     _write_gguf(path, tie)
     shape = resolve_shape(str(path))
-    # the first read of a real GGUF parses every tokenizer string (~45 s for SmolLM2): it says so before it starts
-    assert "reading m.gguf's metadata: once, it takes up to a minute" in " ".join(capsys.readouterr().err.split())
     expected = shape_from_config(dict(
         model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=tie), "x", "config")
     assert shape.total_params == expected.total_params
     assert shape.max_position_embeddings == 2048 and shape.source == "gguf"
-    assert resolve_shape(str(path)).total_params == shape.total_params  # second read: from the cache
-    assert "reading" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ def _prompts_file(tmp_path):
 
 
 def test_a_sound_export_passes_and_writes_verify_json(fresh_run, tmp_path):
+    import torch
+
     data = _prompts_file(tmp_path)
     result = export_run(fresh_run.root, merge=True, gguf_types=["f32", "f16", "q8_0"], verify=True,
                         verify_data=data)
@@ -49,6 +51,8 @@ def test_a_sound_export_passes_and_writes_verify_json(fresh_run, tmp_path):
             ("Modelfile", "stop strings"), ("merged", "mean token KL")} <= names
     saved = json.loads((fresh_run.exports / VERIFY_JSON).read_text())
     assert saved["samples"] == 3 and saved["export_seconds"] > 0 and saved["seconds"] > 0
+    assert saved["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert list(saved["step_seconds"]) == ["data", "adapter", "merged", "f32", "f16", "q8_0"]
 
 
 def test_a_wrong_eos_id_fails(fresh_run):
@@ -112,15 +116,63 @@ def test_the_gates_gguf_reader_equals_transformers_gguf_loader(arch, small_run_f
     """verify.gguf_model rebuilds the model with fnsft's name map; transformers' own loader must agree exactly."""
     import torch
     from export_runs import prompt_logits
-    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
 
     from fnsft.export.verify import gguf_model
+    from fnsft.gguf_file import read_gguf
 
     run = small_run_factory(arch)[0]
     export_run(run.root, gguf_types=["q8_0"], modelfile=False)
     path = run.exports / f"{run.root.name}-q8_0.gguf"
-    ours = prompt_logits(gguf_model(GGUFReader(path), run.exports / "merged").eval(), run.adapter)
+    ours = prompt_logits(gguf_model(read_gguf(path), run.exports / "merged").eval(), run.adapter)
     theirs = prompt_logits(AutoModelForCausalLM.from_pretrained(run.exports, gguf_file=path.name,
                                                                 dtype=torch.float32).eval(), run.adapter)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "gemma2"])
+def test_the_shared_prefix_is_computed_once_and_changes_no_logit(arch, small_run_factory, monkeypatch):
+    """The system header every chat sample starts with is run once and its KV cache reused: the logits must be
+    those of each sequence computed whole (gemma2 included: sliding-window layers)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fnsft.export import verify
+
+    model = AutoModelForCausalLM.from_pretrained(small_run_factory(arch)[1], dtype=torch.float32).eval()
+    header = [5, 9, 17, 33, 2, 40, 41, 7]
+    sequences = [header + tail for tail in ([3], [12, 13, 14, 15, 16], [60, 61] * 6, [8, 9, 10])] * 3  # 12 > BATCH
+    calls = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    with torch.no_grad():
+        shared = verify._logits(model, sequences)
+        monkeypatch.setattr(verify, "MIN_SHARED_PREFIX", 10**6)
+        whole = verify._logits(model, sequences)
+    assert calls[0] == (1, len(header)) and calls[1][1] == 12  # prefix once, then only the suffixes
+    for a, b, sequence in zip(shared, whole, sequences, strict=True):
+        assert a.shape == b.shape == (len(sequence), model.config.vocab_size)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_prompts_generated_together_continue_as_each_alone(small_run_factory):
+    """The first model's greedy continuations come from one left-padded generate call: the same tokens as each
+    prompt generated alone, cut after the end-of-generation token as a lone call stops there."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fnsft.export import verify
+
+    run, base = small_run_factory("llama")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), run.adapter)
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter)
+    prompts = [tokenizer(p).input_ids for p in PROMPTS]
+    assert len({len(p) for p in prompts}) > 1  # different lengths: the batch is padded
+    with torch.no_grad():
+        together = verify._generate(model.eval(), prompts, 12)
+        alone = [verify._generate(model, [prompt], 12)[0] for prompt in prompts]
+        model.generation_config.eos_token_id = together[0][2]  # a token it generates early: every row stops there
+        cut = verify._generate(model, prompts, 12)
+    assert together == alone and all(len(row) == 12 for row in together)
+    stop = together[0][2]
+    assert cut == [row[:row.index(stop) + 1] if stop in row else row for row in together]
