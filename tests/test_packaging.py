@@ -433,6 +433,7 @@ def test_install_script_builds_a_fresh_non_editable_venv(tmp_path):
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", probe],
         cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # the venv's own fnsft, not a checkout's
         capture_output=True,
         text=True,
         timeout=120,

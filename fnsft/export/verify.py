@@ -414,6 +414,29 @@ def modelfile_checks(modelfile: Path, model_dir: Path, tokenizer: Any) -> list[C
     return checks
 
 
+#: Values per call of gguf's block dequantizer (64 MB of float32 out; the temporaries are a few times that).
+DEQUANTIZE_CHUNK = 2**24
+
+
+def dequantize_tensor(data: Any, tensor_type: Any) -> Any:
+    """``gguf.dequantize``, the same values, twice as fast on SmolLM2 here: gguf's own function runs its block
+    dequantizer 16 rows at a time; this runs the same one (``gguf.quants.Q8_0`` …) on ~16M values at a time."""
+    import numpy as np
+    from gguf import dequantize, quants
+
+    kind = getattr(quants, tensor_type.name, None)
+    if tensor_type.name in ("F32", "F16") or kind is None or data.ndim < 2:
+        return dequantize(data, tensor_type)
+    kind.init_grid()  # the lookup tables of the IQ types; nothing for the others
+    rows = data.reshape(-1, data.shape[-1])
+    values_per_row = quants.quant_shape_from_byte_shape(rows.shape, tensor_type)[-1]
+    out = np.empty((rows.shape[0], values_per_row), dtype=np.float32)
+    step = max(1, DEQUANTIZE_CHUNK // values_per_row)
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = kind.dequantize_rows(rows[start:start + step])
+    return out.reshape(*data.shape[:-1], values_per_row)
+
+
 def gguf_model(gguf: GgufFile, model_dir: Path):
     """The model stored in a GGUF, rebuilt on the merged model's config: every tensor dequantized with gguf's own
     dequantizers and the converter's transforms undone (rotary permutation, Gemma's 1 + w).
@@ -424,7 +447,6 @@ def gguf_model(gguf: GgufFile, model_dir: Path):
     """
     import numpy as np
     import torch
-    from gguf import dequantize
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -436,7 +458,7 @@ def gguf_model(gguf: GgufFile, model_dir: Path):
     state = {}
     for tensor in gguf.tensors:
         name = hf_names[tensor.name]
-        weights = dequantize(tensor.data, tensor.tensor_type).reshape(tuple(reversed([int(d) for d in tensor.shape])))
+        weights = dequantize_tensor(tensor.data, tensor.tensor_type).reshape(tuple(reversed(tensor.shape)))
         if spec.permute_qk and name.endswith("q_proj.weight"):
             weights = unpermute_qk(weights, config.num_attention_heads, config.num_attention_heads)
         elif spec.permute_qk and name.endswith("k_proj.weight"):

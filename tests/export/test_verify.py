@@ -176,3 +176,30 @@ def test_the_prompts_generated_together_continue_as_each_alone(small_run_factory
     assert together == alone and all(len(row) == 12 for row in together)
     stop = together[0][2]
     assert cut == [row[:row.index(stop) + 1] if stop in row else row for row in together]
+
+
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q5_0", "Q5_1", "Q8_0",
+                                       "BF16", "F16", "F32"])
+def test_the_gates_dequantizer_gives_ggufs_values(type_name, monkeypatch):
+    """verify.dequantize_tensor runs gguf's block dequantizers on large chunks: bit for bit gguf.dequantize, over
+    chunk boundaries (a small chunk here) and on a 1-D tensor."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, dequantize, quants
+
+    from fnsft.export import verify
+    from fnsft.export.kquants import quantize_k
+    from fnsft.export.legacy_quants import quantize_legacy
+
+    monkeypatch.setattr(verify, "DEQUANTIZE_CHUNK", 3 * 512)  # 3 rows per call over 7 rows
+    qtype = GGMLQuantizationType[type_name]
+    values = np.random.default_rng(0).standard_normal((7, 512)).astype(np.float32)
+    for data in (values, values[0]):
+        if type_name.endswith("_K"):
+            stored = quantize_k(data, type_name)
+        elif type_name in ("Q4_0", "Q5_0", "Q5_1"):
+            stored = quantize_legacy(data, type_name)
+        else:
+            stored = quants.quantize(data, qtype)
+        ours = verify.dequantize_tensor(stored, qtype)
+        assert ours.shape == data.shape and ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, dequantize(stored, qtype))
