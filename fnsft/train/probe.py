@@ -20,6 +20,7 @@ def probe_recipe(recipe: Recipe, output_dir: Path) -> Recipe:
         "output": recipe.output.model_copy(update={"dir": str(output_dir), "report_to": ["none"]}),
         "training": recipe.training.model_copy(update={
             "max_steps": 1, "gradient_accumulation_steps": 1, "longest_batch_first": True, "save_steps": 10**9,
+            "warmup_ratio": 0.0, "warmup_steps": None,  # one step of warmup would train at lr 0 (and say so)
             "eval_steps": None, "per_device_eval_batch_size": None,
             "num_train_epochs": TrainingSection.model_fields["num_train_epochs"].default}),
         "data": recipe.data.model_copy(update={"validation_fraction": 0.0, "eval_split": None}),

@@ -237,8 +237,27 @@ def _preflight(recipe: Recipe, run: RunDir, trainer: Any, data: Any, precision: 
     final_name = "adapter/" if recipe.method.is_peft else "model/"
     if is_main_process():
         _info(f"[bold]disk[/] about {size(need.peak)} at the peak: {need.describe(final_name)}")
+        _warn_if_warmup_takes_the_run(recipe, trainer.args, data.num_train)
         check_free_disk(run.root, need, final_name)
     return need
+
+
+def _warn_if_warmup_takes_the_run(recipe: Recipe, args: Any, train_rows: int) -> None:
+    """A linear warmup that lasts the whole run never reaches the learning rate; over one step it trains at 0."""
+    from fnsft.console import warn
+    from fnsft.train.disk import planned_steps
+
+    if recipe.training.lr_scheduler_type == "constant":  # no warmup in that schedule
+        return
+    steps, _ = planned_steps(recipe, train_rows, int(os.environ.get("WORLD_SIZE", "1")))
+    warmup = args.get_warmup_steps(steps)
+    if warmup < steps:
+        return
+    peak = args.learning_rate * (steps - 1) / warmup  # the scheduler's value at the last step: k / warmup × lr
+    warn(f"the warmup ({warmup} steps) lasts all {steps} optimizer step{'s' if steps > 1 else ''} of this run: "
+         + ("it trains at learning rate 0 and changes no weight" if steps == 1 else
+            f"the learning rate peaks at {peak:.2e}, not {args.learning_rate:.2e}")
+         + "; set training.warmup_steps (or a smaller warmup_ratio), or train more steps")
 
 
 def _before_training(recipe: Recipe, run: RunDir, trainer: Any, tokenizer: Any, data: Any,

@@ -120,6 +120,7 @@ def test_probe_prints_measured_vs_predicted_and_leaves_no_run(varied_recipe, tmp
     predicted = float(line.split("predicted ")[1].split(" GiB")[0])
     assert measured > 0.3 and predicted > 0.3  # a real process: torch + transformers alone are ~0.5 GiB
     assert not (tmp_path / "probed").exists()
+    assert "warmup" not in result.output  # its one step is not a one-step warmup at learning rate 0
 
 
 def test_out_of_memory_names_the_step_the_breakdown_and_what_makes_it_fit():

@@ -379,3 +379,17 @@ def test_two_nodes_on_one_machine_match_one_process_with_the_same_global_batch(t
     assert single.keys() == both.keys()
     for key in single:
         assert (single[key] - both[key]).abs().max().item() < 1e-5, key
+
+
+def test_a_run_shorter_than_its_warmup_is_warned_and_really_learns_nothing(tiny_recipe, tmp_path):
+    """--max_steps 1 with the default warmup: linear warmup's first step has learning rate 0."""
+    from safetensors.numpy import load_file
+
+    result = invoke("train", tiny_recipe(), "--max_steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "trains at learning rate 0 and changes no weight" in " ".join(result.output.split())
+    lora_b = {k: v for k, v in load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors").items()
+              if "lora_B" in k}
+    assert lora_b and all(not v.any() for v in lora_b.values())  # PEFT initialises B to 0: still 0
+    longer = invoke("train", tiny_recipe(out="run2"), "--max_steps", "2")
+    assert longer.exit_code == 0 and "warmup" not in longer.output
