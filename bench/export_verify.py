@@ -7,9 +7,10 @@ the verification costs does not depend on how long the adapter trained), written
 ``--run`` an existing finished run. Then ``export_run(run, merge=True, gguf_types=["q4_k_m", "q8_0"],
 verify=True)``, the README's quickstart export, ``--repeats`` times: the export's seconds (merge and both GGUF
 files) and the verification's (four models compared on 16 held-out rows, two GGUFs read back) are taken from
-exports/verify.json (``--synthetic-1b``: the same on a 1.1B llama with random weights, bench/kquant.py's, trained one
-step; writes export_verify_1b.*), with the verification's time per step (held-out data, then each model: load,
-forwards, for a GGUF its read-back and dequantization). Single-threaded torch/numpy (OMP_NUM_THREADS=1). Writes export_verify.json and .png.
+exports/verify.json, with the verification's time per step (held-out data, then each model: load, forwards, for a
+GGUF its read-back and dequantization). ``--synthetic-1b``: the same on a 1.1B llama with random weights
+(bench/kquant.py's) trained two steps, written to export_verify_1b.*. Threads: OMP_NUM_THREADS, 1 when unset
+(bench/results was measured with 2). Writes export_verify.json and .png.
 """
 
 from __future__ import annotations
