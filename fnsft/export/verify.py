@@ -11,8 +11,10 @@ are gated by the per-type limits in :data:`LIMITS`.
 The models run in float32, one at a time, on a GPU when one has room (:func:`verify_device`), else the CPU; the
 time per step is in the report. What keeps the gate cheap beside the export it checks: GGUFs are read with
 :mod:`fnsft.gguf_file` (gguf's GGUFReader takes seconds per 49k-token vocabulary) and dequantized straight into
-the model's parameters, samples run in batches with the prefix they all share (a chat template's system header)
-computed once, and only the first model generates token by token (:func:`_run_model`).
+one model's parameters, file after file (:func:`load_gguf_weights`); samples run in batches, the prefix they all
+share (a chat template's system header) computed once; only the first model generates token by token, the others
+follow it inside the samples' own forward pass where they can (:func:`_run_model`); and the merge is checked on
+the first :data:`MERGE_SAMPLES` samples only.
 
 Each GGUF's metadata is checked against the HF tokenizer and generation config too: the chat template present
 and equal, BOS/EOS/pad ids equal, every ``generation_config.eos_token_id`` an end-of-generation token for
@@ -38,6 +40,8 @@ from fnsft.gguf_file import GgufFile, read_gguf
 VERIFY_JSON = "verify.json"
 #: Examples compared, tokens per example, prompts continued greedily and tokens generated for each.
 MAX_SAMPLES, MAX_TOKENS, GREEDY_PROMPTS, GREEDY_TOKENS = 16, 128, 3, 16
+#: Examples the merged model is compared with the adapter on (the first ones; every GGUF is compared on all).
+MERGE_SAMPLES = 4
 #: Sequences per forward pass (19 at most: the samples and the greedy prompts); 8 × 128 positions × a 49k
 #: vocabulary is 200 MB of logits.
 BATCH = 8
@@ -170,19 +174,31 @@ def held_out_samples(recipe: Any, verify_data: Path | None, tokenizer: Any) -> t
         f"{len(rows)} of the {len(evaluation)} held-out rows of {recipe.data.describe()}")
 
 
+@dataclass
 class _Encoded:
-    """Token ids of each sample (full text, truncated) and of its prompt."""
+    """Token ids of each sample (full text, truncated) and of the first GREEDY_PROMPTS prompts."""
 
-    def __init__(self, tokenizer: Any, samples: list[Sample]):
-        self.full = [tokenizer(s.full, add_special_tokens=False).input_ids[:MAX_TOKENS] for s in samples]
-        self.prompts = [tokenizer(s.prompt, add_special_tokens=False).input_ids[-MAX_TOKENS:]
-                        for s in samples[:GREEDY_PROMPTS]]
+    full: list[list[int]]
+    prompts: list[list[int]]
+
+    @classmethod
+    def of(cls, tokenizer: Any, samples: list[Sample]) -> _Encoded:
+        return cls([tokenizer(s.full, add_special_tokens=False).input_ids[:MAX_TOKENS] for s in samples],
+                   [tokenizer(s.prompt, add_special_tokens=False).input_ids[-MAX_TOKENS:]
+                    for s in samples[:GREEDY_PROMPTS]])
+
+    def head(self, count: int) -> _Encoded:
+        """The first ``count`` samples (the greedy prompts unchanged)."""
+        return _Encoded(self.full[:count], self.prompts)
 
 
 @dataclass
 class _Outputs:
     log_probs: list[Any]  # per sample: (positions, vocab) float32 log-softmax
     greedy: list[list[int]]
+
+    def head(self, count: int) -> _Outputs:
+        return _Outputs(self.log_probs[:count], self.greedy)
 
 
 def _shared_prefix(sequences: list[list[int]]) -> int:
@@ -279,8 +295,9 @@ def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = N
     predictions along prompt + reference continuation come out of the same batched forward pass as the samples,
     and are its greedy continuation for as long as they agree with the reference (each one is the argmax given
     exactly the tokens greedy decoding would have produced before it). Only where they first differ does it
-    generate the rest itself. A sound export thus costs one forward pass, and the continuations shown side by side
-    are the ones greedy decoding gives.
+    generate the rest itself. Where prompt + continuation begins a sample (a model that answers as its data did),
+    the sample's logits already hold those predictions and no sequence is added. A sound export thus costs one
+    forward pass, and the continuations shown side by side are the ones greedy decoding gives.
     """
     import torch
 
@@ -291,16 +308,25 @@ def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = N
             greedy = _generate(model, encoded.prompts, GREEDY_TOKENS)
         else:
             followed = [prompt + tokens for prompt, tokens in zip(encoded.prompts, follow, strict=True)]
-            logits = _logits(model, encoded.full + followed)
+            within = [_sample_starting_with(encoded.full, sequence[:-1]) for sequence in followed]
+            own = [sequence for sequence, sample in zip(followed, within, strict=True) if sample is None]
+            logits = _logits(model, encoded.full + own)
+            samples, own_logits = logits[:len(encoded.full)], iter(logits[len(encoded.full):])
             greedy = []
-            for prompt, tokens, prompt_logits in zip(encoded.prompts, follow, logits[len(encoded.full):],
-                                                     strict=True):
-                predicted = prompt_logits[len(prompt) - 1:].argmax(-1).tolist()
-                first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=False)) if a != b), None)
+            for prompt, tokens, sample in zip(encoded.prompts, follow, within, strict=True):
+                source = next(own_logits) if sample is None else samples[sample]
+                predicted = source[len(prompt) - 1:len(prompt) - 1 + len(tokens)].argmax(-1).tolist()
+                first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=True)) if a != b), None)
                 greedy.append(tokens if first is None else
                               tokens[:first] + _generate(model, [prompt + tokens[:first]], GREEDY_TOKENS - first)[0])
-            logits = logits[:len(encoded.full)]
+            logits = samples
         return _Outputs([sample.log_softmax(-1) for sample in logits], greedy)
+
+
+def _sample_starting_with(samples: list[list[int]], tokens: list[int]) -> int | None:
+    """The first sample that begins with ``tokens``: with causal attention its logits there are those of
+    ``tokens`` alone (a model that reproduces its training answers follows into the held-out sample itself)."""
+    return next((i for i, sample in enumerate(samples) if sample[:len(tokens)] == tokens), None)
 
 
 def _greedy_rows(tokenizer: Any, samples: list[Sample], ref: _Outputs, cand: _Outputs) -> list[Greedy]:
@@ -415,75 +441,101 @@ def modelfile_checks(modelfile: Path, model_dir: Path, tokenizer: Any) -> list[C
     return checks
 
 
-#: Values per call of gguf's block dequantizer (64 MB of float32 out; the temporaries are a few times that).
-DEQUANTIZE_CHUNK = 2**24
+#: Values per call of gguf's block dequantizer (4 MB of float32 out: the temporaries, a few times that, stay below
+#: glibc's 32 MB mmap threshold and so reuse the heap's pages instead of faulting in fresh ones per call).
+DEQUANTIZE_CHUNK = 2**20
 
 
-def dequantize_tensor(data: Any, tensor_type: Any) -> Any:
+def dequantize_tensor(data: Any, tensor_type: Any, out: Any = None) -> Any:
     """``gguf.dequantize``, the same values, twice as fast on SmolLM2 here: gguf's own function runs its block
-    dequantizer 16 rows at a time; this runs the same one (``gguf.quants.Q8_0`` …) on ~16M values at a time."""
+    dequantizer 16 rows at a time; this runs the same one (``gguf.quants.Q8_0`` …) on ~1M values at a time.
+
+    ``out``: a C-contiguous float32 array of as many values to write them into (a model's parameter), else a new one.
+    """
     import numpy as np
     from gguf import dequantize, quants
 
     kind = getattr(quants, tensor_type.name, None)
     if tensor_type.name in ("F32", "F16") or kind is None or data.ndim < 2:
-        return dequantize(data, tensor_type)
+        values = dequantize(data, tensor_type)
+        if out is None:
+            return values
+        out.reshape(values.shape)[...] = values
+        return out.reshape(values.shape)
     kind.init_grid()  # the lookup tables of the IQ types; nothing for the others
     rows = data.reshape(-1, data.shape[-1])
     values_per_row = quants.quant_shape_from_byte_shape(rows.shape, tensor_type)[-1]
-    out = np.empty((rows.shape[0], values_per_row), dtype=np.float32)
+    shape = (rows.shape[0], values_per_row)
+    out = np.empty(shape, dtype=np.float32) if out is None else out.reshape(shape)
     step = max(1, DEQUANTIZE_CHUNK // values_per_row)
     for start in range(0, rows.shape[0], step):
         out[start:start + step] = kind.dequantize_rows(rows[start:start + step])
     return out.reshape(*data.shape[:-1], values_per_row)
 
 
-def gguf_model(gguf: GgufFile, model_dir: Path):
-    """The model stored in a GGUF, rebuilt on the merged model's config: every tensor dequantized with gguf's own
-    dequantizers and the converter's transforms undone (rotary permutation, Gemma's 1 + w).
+def load_gguf_weights(model: Any, gguf: GgufFile, model_dir: Path) -> None:
+    """Overwrite every parameter of ``model`` (a transformers model of the merged model's config) with the GGUF's
+    tensor, dequantized by gguf's own dequantizers, the converter's transforms undone (rotary permutation, Gemma's
+    1 + w). In place: the gate loads every GGUF after the first into the first one's model, no fresh pages to
+    fault in per file (135M parameters: 540 MB, 0.3-1.5 s here).
 
     Tensor names are mapped back with fnsft's own name map (transformers' GGUF loader checks the mapping in the
     test suite, but parses a 49k-token vocabulary for tens of seconds per file: too slow for a gate after every
-    export).
+    export). A parameter the GGUF does not have is an ExportError (left in place it would be the merged model's).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
 
     from fnsft.export.gguf import ARCHITECTURES, plan_tensors, unpermute_qk
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = model.config
     spec = ARCHITECTURES[config.model_type]
     hf_names = {planned.gguf_name: planned.entry.name for planned in plan_tensors(model_dir, config, "f32")}
-    state = {}
+    unknown = [tensor.name for tensor in gguf.tensors if tensor.name not in hf_names]
+    if unknown:
+        raise ExportError(f"{gguf.path}: tensors the model does not have: {', '.join(unknown[:5])}")
 
-    def dequantized(tensor: Any) -> Any:
-        return dequantize_tensor(tensor.data, tensor.tensor_type).reshape(tuple(reversed(tensor.shape)))
+    def load(tensor: Any) -> str:
+        name = hf_names[tensor.name]
+        parameter = model.get_parameter(name).data
+        permuted = spec.permute_qk and name.endswith(("q_proj.weight", "k_proj.weight"))
+        direct = (parameter.device.type == "cpu" and parameter.dtype == torch.float32
+                  and parameter.is_contiguous() and not permuted)
+        values = dequantize_tensor(tensor.data, tensor.tensor_type, parameter.numpy() if direct else None)
+        values = values.reshape(parameter.shape)
+        if permuted:
+            kv_heads = config.num_key_value_heads if name.endswith("k_proj.weight") else config.num_attention_heads
+            values = unpermute_qk(values, config.num_attention_heads, kv_heads)
+        if spec.norm_plus_one and name.endswith("norm.weight"):
+            values = values - 1 if not direct else np.subtract(values, 1, out=values)
+        if not direct:
+            parameter.copy_(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+        return name
 
     # numpy releases the GIL in the block arithmetic: one tensor per thread (SmolLM2 q4_k_m: 1.3 → 0.8 s, 2 cores)
-    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
-        tensors = list(zip(gguf.tensors, pool.map(dequantized, gguf.tensors), strict=True))
-    for tensor, weights in tensors:
-        name = hf_names[tensor.name]
-        if spec.permute_qk and name.endswith("q_proj.weight"):
-            weights = unpermute_qk(weights, config.num_attention_heads, config.num_attention_heads)
-        elif spec.permute_qk and name.endswith("k_proj.weight"):
-            weights = unpermute_qk(weights, config.num_attention_heads, config.num_key_value_heads)
-        if spec.norm_plus_one and name.endswith("norm.weight"):
-            weights = weights - 1
-        # writable float32 (an F32 tensor dequantizes to a read-only view of the file: copied then, only then)
-        state[name] = torch.from_numpy(np.require(weights, dtype=np.float32, requirements=["C", "W"]))
-    with no_init_weights():  # every weight is replaced below: random initialisation would be wasted time
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # assign: the model takes the dequantized arrays as its parameters. Copying them into its own (never touched)
-    # memory cost 1.4-1.9 s per SmolLM2 file here, mostly page faults.
-    missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
-    if set(missing) - {"lm_head.weight"}:
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        written = set(pool.map(load, gguf.tensors))
+    missing = [name for name, _ in model.named_parameters() if name not in written]
+    if missing:
         raise ExportError(f"{gguf.path}: tensors missing from the GGUF: {', '.join(missing[:5])}")
-    model.tie_weights()
+
+
+def gguf_model(gguf: GgufFile, model_dir: Path):
+    """The model stored in a GGUF, rebuilt on the merged model's config (:func:`load_gguf_weights`)."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every weight is overwritten: random initialisation would be wasted time
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+    model.tie_weights()  # a tied lm_head is the embedding, which the GGUF stores once
+    for parameter in model.parameters():
+        # numpy's memory: it asks the kernel for huge pages, 512× fewer page faults to fill than torch's 4 KB ones
+        parameter.data = torch.from_numpy(np.empty(tuple(parameter.shape), dtype=np.float32))
+    load_gguf_weights(model, gguf, model_dir)
     return model
 
 
@@ -528,7 +580,7 @@ def verify_exports(
     samples, source = held_out_samples(recipe, verify_data, tokenizer)
     if not samples:
         raise ExportError(f"{source}: no examples to verify on")
-    encoded = _Encoded(tokenizer, samples)
+    encoded = _Encoded.of(tokenizer, samples)
     device = verify_device(model_dir)
     report = VerifyReport(data_source=source, samples=len(samples), export_seconds=export_seconds, device=device)
     lap = started
@@ -544,24 +596,39 @@ def verify_exports(
         return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map=device)
 
     # Only the first model generates token by token; every later one follows its reference's continuations
-    # (_run_model). One model is in memory at a time, beside its reference's log-probs.
+    # (_run_model). One model is in memory at a time, beside its reference's log-probs; the first GGUF's model
+    # takes each later GGUF's weights in turn (load_gguf_weights).
     if adapter_base is not None:
         from peft import PeftModel
 
-        adapter = _run_model(PeftModel.from_pretrained(load(adapter_base), run.adapter).to(device), encoded)
+        # The merge check needs fewer samples than a quantization's: a wrong merge (scaling, a module left out,
+        # another base) moves every prediction, where a quantization's small losses are measured on all of them.
+        checked = min(MERGE_SAMPLES, len(encoded.full))
+        adapter = _run_model(PeftModel.from_pretrained(load(adapter_base), run.adapter).to(device),
+                             encoded.head(checked))
         step_done("adapter")
-        merged = _run_model(load(model_dir), encoded, follow=adapter.greedy)
-        pair = compare("merged", "adapter", adapter, merged, encoded, tokenizer, samples)
+        model = load(model_dir)
+        merged = _run_model(model, encoded, follow=adapter.greedy)
+        pair = compare("merged", "adapter", adapter, merged.head(checked), encoded.head(checked), tokenizer, samples)
         del adapter
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS["merged"])
     else:
-        merged = _run_model(load(model_dir), encoded)
+        model = load(model_dir)
+        merged = _run_model(model, encoded)
     step_done("merged")
+    # Not the merged model's memory for the GGUFs: it maps the safetensors file, and the first write to each page
+    # copies it (0.8 s more than fresh memory for SmolLM2 here).
+    del model
+    model = None
     for qtype, path in gguf_files.items():
         gguf = read_gguf(path)
         report.checks += metadata_checks(path, gguf.fields, model_dir, tokenizer, qtype)
-        candidate = _run_model(gguf_model(gguf, model_dir).to(device), encoded, follow=merged.greedy)
+        if model is None:
+            model = gguf_model(gguf, model_dir).to(device)
+        else:
+            load_gguf_weights(model, gguf, model_dir)
+        candidate = _run_model(model, encoded, follow=merged.greedy)
         pair = compare(qtype, "merged", merged, candidate, encoded, tokenizer, samples)
         report.pairs.append(pair)
         report.checks += parity_checks(pair, LIMITS[qtype])

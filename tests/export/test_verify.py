@@ -183,7 +183,7 @@ def test_the_prompts_generated_together_continue_as_each_alone(small_run_factory
                                        "BF16", "F16", "F32"])
 def test_the_gates_dequantizer_gives_ggufs_values(type_name, monkeypatch):
     """verify.dequantize_tensor runs gguf's block dequantizers on large chunks: bit for bit gguf.dequantize, over
-    chunk boundaries (a small chunk here) and on a 1-D tensor."""
+    chunk boundaries (a small chunk here), on a 1-D tensor and into a given array."""
     import numpy as np
     from gguf import GGMLQuantizationType, dequantize, quants
 
@@ -204,3 +204,76 @@ def test_the_gates_dequantizer_gives_ggufs_values(type_name, monkeypatch):
         ours = verify.dequantize_tensor(stored, qtype)
         assert ours.shape == data.shape and ours.dtype == np.float32
         np.testing.assert_array_equal(ours, dequantize(stored, qtype))
+        into = np.full(data.size, np.nan, dtype=np.float32)  # a flat parameter's memory, written in place
+        written = verify.dequantize_tensor(stored, qtype, into)
+        assert written.shape == data.shape and np.shares_memory(written, into)
+        np.testing.assert_array_equal(into.reshape(data.shape), ours)
+
+
+def test_a_model_following_its_references_continuations_gets_its_own_greedy_ones(small_run_factory):
+    """_run_model(follow=...) reads a model's greedy continuation out of the samples' forward pass instead of
+    generating it: it must equal what the model generates itself, whether it agrees with the reference (the
+    adapter against its own predictions), departs from it (the base against the adapter) or follows into a sample
+    that begins with prompt + continuation (then no sequence is added to the pass)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fnsft.export import verify
+
+    run, base_dir = small_run_factory("llama")
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                        run.adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter)
+    prompts = [tokenizer(p).input_ids for p in PROMPTS]
+    with torch.no_grad():
+        own = verify._generate(adapter, prompts, verify.GREEDY_TOKENS)
+        base_own = verify._generate(base, prompts, verify.GREEDY_TOKENS)
+    assert own != base_own  # the base departs from the adapter somewhere: the generate-the-rest path runs
+    # samples 0 and 1 go on past the adapter's continuation (0: the continuation's last token differs), 2 does not
+    samples = [prompts[0] + own[0][:-1] + [7, 8], prompts[1] + own[1] + [9], prompts[2]]
+    encoded = verify._Encoded(samples, prompts)
+    for model, expected in ((adapter, own), (base, base_own)):
+        rows = []
+        model.register_forward_pre_hook(
+            lambda _, args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        followed = verify._run_model(model, encoded, follow=own)
+        assert followed.greedy == expected
+        assert rows[0] == len(samples) + 1  # the samples and the one continuation no sample begins with
+        with torch.no_grad():
+            alone = verify._logits(model, samples)
+        for ours, theirs in zip(followed.log_probs, alone, strict=True):
+            torch.testing.assert_close(ours, theirs.log_softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_each_gguf_overwrites_every_weight_of_the_merged_model_in_place(arch, small_run_factory):
+    """The gate loads each GGUF into the merged model's memory: afterwards the model must be the GGUF's exactly
+    (as rebuilt fresh: llama's rotary permutation and gemma's 1 + w undone), its parameters the same tensors, and a
+    GGUF short of a tensor an ExportError rather than a model that silently kept the merged weight."""
+    import dataclasses
+
+    import torch
+    from export_runs import prompt_logits
+    from transformers import AutoModelForCausalLM
+
+    from fnsft.errors import ExportError
+    from fnsft.export.verify import gguf_model, load_gguf_weights
+    from fnsft.gguf_file import read_gguf
+
+    run = small_run_factory(arch)[0]
+    export_run(run.root, gguf_types=["q4_0"], modelfile=False)
+    gguf = read_gguf(run.exports / f"{run.root.name}-q4_0.gguf")
+    model = AutoModelForCausalLM.from_pretrained(run.exports / "merged", dtype=torch.float32).eval()
+    merged = prompt_logits(model, run.adapter)
+    storage = {name: p.data_ptr() for name, p in model.named_parameters()}
+    load_gguf_weights(model, gguf, run.exports / "merged")
+    assert storage == {name: p.data_ptr() for name, p in model.named_parameters()}
+    ours = prompt_logits(model, run.adapter)
+    fresh = prompt_logits(gguf_model(gguf, run.exports / "merged").eval(), run.adapter)
+    assert all(torch.equal(a, b) for a, b in zip(ours, fresh, strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(ours, merged, strict=True))  # q4_0 did change it
+    short = dataclasses.replace(gguf, tensors=[t for t in gguf.tensors if t.name != "blk.0.ffn_up.weight"])
+    with pytest.raises(ExportError, match="missing from the GGUF: model.layers.0.mlp.up_proj.weight"):
+        load_gguf_weights(model, short, run.exports / "merged")
