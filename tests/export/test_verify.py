@@ -211,10 +211,12 @@ def test_the_gates_dequantizer_gives_ggufs_values(type_name, monkeypatch):
 
 
 def test_a_model_following_its_references_continuations_gets_its_own_greedy_ones(small_run_factory):
-    """_run_model(follow=...) reads a model's greedy continuation out of the samples' forward pass instead of
-    generating it: it must equal what the model generates itself, whether it agrees with the reference (the
-    adapter against its own predictions), departs from it (the base against the adapter) or follows into a sample
-    that begins with prompt + continuation (then no sequence is added to the pass)."""
+    """_run_model reads a model's greedy continuation out of the samples' forward pass instead of generating it,
+    along a guess: the data's answers for the first model, the reference's greedy tokens for the others. It must
+    equal what the model generates itself, whether it agrees with the guess (the adapter along its own tokens or
+    its data), departs from it (the base against the adapter), the guess ends early (a sample cut before 16
+    tokens), or it stops at an end-of-generation token; a guess that begins a sample adds no sequence to the
+    pass."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,21 +232,28 @@ def test_a_model_following_its_references_continuations_gets_its_own_greedy_ones
     with torch.no_grad():
         own = verify._generate(adapter, prompts, verify.GREEDY_TOKENS)
         base_own = verify._generate(base, prompts, verify.GREEDY_TOKENS)
-    assert own != base_own  # the base departs from the adapter somewhere: the generate-the-rest path runs
-    # samples 0 and 1 go on past the adapter's continuation (0: the continuation's last token differs), 2 does not
-    samples = [prompts[0] + own[0][:-1] + [7, 8], prompts[1] + own[1] + [9], prompts[2]]
+    # the base departs from the adapter in two prompts or more: the rest is generated for them together
+    assert sum(a != b for a, b in zip(own, base_own, strict=True)) >= 2
+    # sample 0 holds the adapter's continuation but its last token, 1 all of it and more, 2 only 5 tokens of it
+    samples = [prompts[0] + own[0][:-1] + [7, 8], prompts[1] + own[1] + [9], prompts[2] + own[2][:5]]
     encoded = verify._Encoded(samples, prompts)
-    for model, expected in ((adapter, own), (base, base_own)):
+    for model, follow, expected in ((adapter, own, own), (base, own, base_own), (adapter, None, own)):
         rows = []
-        model.register_forward_pre_hook(
+        hook = model.register_forward_pre_hook(
             lambda _, args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
-        followed = verify._run_model(model, encoded, follow=own)
+        followed = verify._run_model(model, encoded, follow=follow)
+        hook.remove()
         assert followed.greedy == expected
-        assert rows[0] == len(samples) + 1  # the samples and the one continuation no sample begins with
+        # following the adapter: one continuation no sample begins with; following the data: none
+        assert rows[0] == len(samples) + (follow is not None)
         with torch.no_grad():
             alone = verify._logits(model, samples)
         for ours, theirs in zip(followed.log_probs, alone, strict=True):
             torch.testing.assert_close(ours, theirs.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    stop = own[1][3]
+    adapter.generation_config.eos_token_id = stop  # generation stops there, and so must the followed guess
+    assert verify._run_model(adapter, encoded).greedy == [row[:row.index(stop) + 1] if stop in row else row
+                                                          for row in own]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
