@@ -632,9 +632,8 @@ def verify_exports(
         model = load(model_dir)
         merged = _run_model(model, encoded)
     step_done("merged")
-    # Not the merged model's memory for the GGUFs: it maps the safetensors file, and the first write to each page
-    # copies it (0.8 s more than fresh memory for SmolLM2 here).
-    del model
+    # Freed, not reused for the GGUFs: it maps the safetensors file, and the first write to each page copies it
+    # (0.8 s more than fresh memory for SmolLM2 here).
     model = None
     for qtype, path in gguf_files.items():
         gguf = read_gguf(path)
