@@ -496,7 +496,7 @@ def load_gguf_weights(model: Any, gguf: GgufFile, model_dir: Path) -> None:
 
     Tensor names are mapped back with fnsft's own name map (transformers' GGUF loader checks the mapping in the
     test suite, but parses a 49k-token vocabulary for tens of seconds per file: too slow for a gate after every
-    export). A parameter the GGUF does not have is an ExportError (left in place it would be the merged model's).
+    export). A parameter the GGUF does not have is an ExportError (left in place it would be the previous file's).
     """
     from concurrent.futures import ThreadPoolExecutor
 
