@@ -25,8 +25,10 @@ every end-of-turn marker.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,8 +207,6 @@ class _Outputs:
 def _shared_prefix(sequences: list[list[int]]) -> int:
     """How many leading tokens every sequence has in common (a chat template's system header), leaving each at
     least one token of its own."""
-    import os
-
     return min(len(os.path.commonprefix(sequences)), min(map(len, sequences)) - 1)
 
 
@@ -237,8 +237,6 @@ def _logits(model: Any, sequences: list[list[int]]) -> list[Any]:
     product per layer instead of one per sample is most of the gate's speed on a CPU, and with causal attention
     the padding after a sequence cannot change its logits. The prefix every sequence shares (the chat template's
     system header: half the positions of short chat samples) is computed once and its KV cache reused."""
-    import copy
-
     import torch
 
     prefix = _shared_prefix(sequences)
@@ -475,8 +473,9 @@ def dequantize_tensor(data: Any, tensor_type: Any, out: Any = None) -> Any:
         values = dequantize(data, tensor_type)
         if out is None:
             return values
-        out.reshape(values.shape)[...] = values
-        return out.reshape(values.shape)
+        target = out.reshape(values.shape)
+        target[...] = values
+        return target
     kind.init_grid()  # the lookup tables of the IQ types; nothing for the others
     rows = data.reshape(-1, data.shape[-1])
     values_per_row = quants.quant_shape_from_byte_shape(rows.shape, tensor_type)[-1]
@@ -557,8 +556,6 @@ def gguf_model(gguf: GgufFile, model_dir: Path):
 def verify_device(model_dir: Path) -> str:
     """Where the models run: a GPU when one has room for the model in float32 (the gate compares fp32 logits)
     with a margin for activations and logits, else the CPU."""
-    import math
-
     import torch
 
     if not torch.cuda.is_available():
